@@ -1,0 +1,92 @@
+"""The agent's main loop: sample on a fixed beat, spool every sample, publish batches, report status."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import psutil
+
+from agent import __version__
+from agent.sampler import Sampler
+from common.contract import Overhead, Sample, Status
+from common.logs import event
+from common.publisher import SpoolPublisher, spool_item
+from common.spool import Spool
+
+log = logging.getLogger(__name__)
+
+STATUS_INTERVAL_S = 60.0
+SHUTDOWN_FLUSH_S = 5.0
+
+
+class AgentRunner:
+    def __init__(self, sampler: Sampler, spool: Spool, publisher: SpoolPublisher | None,
+                 interval_s: float, publish_interval_s: float,
+                 on_sample: Callable[[Sample], None] | None = None):
+        self.sampler = sampler
+        self.spool = spool
+        self.publisher = publisher
+        self.interval_s = interval_s
+        self.publish_interval_s = publish_interval_s
+        self.on_sample = on_sample
+        self.samples_taken = 0
+        self._process = psutil.Process()
+
+    def run(self, stop: threading.Event, max_samples: int | None = None) -> None:
+        """Sample until `stop` is set (or max_samples were taken), then flush what the broker will take."""
+        next_tick = time.monotonic()
+        last_publish = next_tick
+        last_status = float("-inf")
+        while not stop.is_set() and (max_samples is None or self.samples_taken < max_samples):
+            self._take_sample()
+            now = time.monotonic()
+            if self.publisher:
+                publish_due = now - last_publish >= self.publish_interval_s
+                self.publisher.pump(publish=publish_due)
+                last_publish = now if publish_due else last_publish
+                if now - last_status >= STATUS_INTERVAL_S and self.publisher.connected.is_set():
+                    self.publisher.publish_status(self.status())
+                    last_status = now
+            next_tick += self.interval_s
+            if next_tick < now:
+                next_tick = now + self.interval_s
+            stop.wait(next_tick - now)
+        self._shutdown()
+
+    def status(self) -> Status:
+        cpu = self._process.cpu_times()
+        return Status(
+            state="online",
+            session=self.sampler.session,
+            ts_ms=int(time.time() * 1000),
+            version=__version__,
+            sensors={sensor.name: sensor.state for sensor in self.sampler.sensors},
+            overhead=Overhead(cpu_seconds=cpu.user + cpu.system, rss_bytes=self._process.memory_info().rss,
+                              spool_depth=self.spool.depth, spool_dropped=self.spool.dropped),
+        )
+
+    def _take_sample(self) -> None:
+        sample = self.sampler.sample()
+        if sample is None:
+            return
+        self.spool.append(spool_item(self.sampler.session, sample))
+        self.samples_taken += 1
+        if self.on_sample:
+            self.on_sample(sample)
+
+    def _shutdown(self) -> None:
+        if not self.publisher:
+            return
+        deadline = time.monotonic() + SHUTDOWN_FLUSH_S
+        while self.publisher.connected.is_set() and time.monotonic() < deadline:
+            self.publisher.pump()
+            if self.spool.depth == 0:
+                break
+            time.sleep(0.05)
+        if self.publisher.connected.is_set():
+            self.publisher.publish_status(Status(state="offline", session=self.sampler.session,
+                                                 ts_ms=int(time.time() * 1000), version=__version__))
+        event(log, logging.INFO, "agent-stopped", samples=self.samples_taken, spool_depth=self.spool.depth)

@@ -1,0 +1,97 @@
+"""Loading typed configuration: a TOML file, then environment overrides, then command-line overrides.
+
+Every leaf field of a config model can be overridden by an environment variable named after its path:
+PREFIX_SECTION_FIELD in capitals (mqtt.tls.ca_file -> DCEM_AGENT_MQTT_TLS_CA_FILE for prefix DCEM_AGENT).
+A bad value stops the program with ConfigError naming the field and where the value came from.
+"""
+
+from __future__ import annotations
+
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the field and why."""
+
+
+def load(model: type[Model], path: Path | None, env_prefix: str, environ: Mapping[str, str],
+         overrides: Mapping[str, Any] | None = None) -> Model:
+    """Build `model` from a TOML file (optional), environment variables and dotted-path overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    for dotted, value in env_overrides(model, env_prefix, environ).items():
+        set_path(data, dotted, value)
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            set_path(data, dotted, value)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(describe(exc, path, env_prefix)) from None
+
+
+def describe(exc: ValidationError, path: Path | None, env_prefix: str) -> str:
+    """One line per invalid field: 'field a.b: why (got value)'."""
+    source = f" in {path}" if path else ""
+    lines = []
+    for error in exc.errors():
+        field = ".".join(str(p) for p in error["loc"]) or "(top level)"
+        got = "" if error["type"] == "missing" else f" (got {error.get('input')!r})"
+        if "password" in field:
+            got = ""
+        lines.append(f"config field {field}{source}: {error['msg']}{got}")
+    lines.append(f"(environment overrides use {env_prefix}_<SECTION>_<FIELD>)")
+    return "\n".join(lines)
+
+
+def env_overrides(model: type[BaseModel], prefix: str, environ: Mapping[str, str]) -> dict[str, str]:
+    """The dotted field paths set by environment variables, with their (string) values."""
+    found = {}
+    for dotted in leaf_paths(model):
+        name = f"{prefix}_{dotted.replace('.', '_')}".upper()
+        if name in environ:
+            found[dotted] = environ[name]
+    return found
+
+
+def leaf_paths(model: type[BaseModel], parent: str = "") -> list[str]:
+    """Dotted paths of every non-model field, nested models included."""
+    paths = []
+    for name, field in model.model_fields.items():
+        dotted = f"{parent}{name}"
+        nested = _model_in(field.annotation)
+        paths += leaf_paths(nested, dotted + ".") if nested else [dotted]
+    return paths
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                return arg
+    return None
+
+
+def set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """data['a']['b'] = value for dotted 'a.b', creating the sections on the way."""
+    *sections, leaf = dotted.split(".")
+    for section in sections:
+        data = data.setdefault(section, {})
+    data[leaf] = value

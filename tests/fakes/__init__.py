@@ -1,0 +1,1 @@
+"""Stand-ins for hardware libraries, installed into sys.modules by the tests that need them."""

@@ -11,7 +11,7 @@ class AmbiguousInterval(ValueError):
 
 
 def wrap_safe_delta(previous: int, current: int, max_range: int) -> int:
-    """Increase of a counter that wraps to 0 after reaching max_range (RAPL energy_uj, NVML counters).
+    """Increase of a counter that wraps to 0 after reaching max_range (RAPL energy_uj, meter registers).
 
     A counter that reads lower than before has wrapped exactly once; the caller makes sure that at most
     one wrap can have happened (see safe_interval_s).

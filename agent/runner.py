@@ -86,6 +86,7 @@ class AgentRunner:
             if self.spool.depth == 0:
                 break
             time.sleep(0.05)
+        self.publisher.pump(publish=False)
         if self.publisher.connected.is_set():
             self.publisher.publish_status(Status(state="offline", session=self.sampler.session,
                                                  ts_ms=int(time.time() * 1000), version=__version__))

@@ -16,7 +16,7 @@ from agent.energy import AmbiguousInterval, integrate_power_j
 from agent.power_model import components_for_server, server_input_w
 from agent.sensors.base import Sensor
 from agent.sensors.host import HostStatsReader
-from common.contract import Component, Method, Reading, Sample
+from common.contract import MAX_INTERVAL_S, Component, Method, Reading, Sample
 from common.logs import event
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,11 @@ class Sampler:
                 self.start_session()
                 return None
         elapsed_s = None if self._last_s is None else now_s - self._last_s
+        if elapsed_s is not None and elapsed_s > MAX_INTERVAL_S:
+            event(log, logging.WARNING, "session-restarted", reason=f"{elapsed_s:.0f} s since the last sample",
+                  action="none needed; the agent was stopped or suspended, its energy then is not reported")
+            self.start_session()
+            return None
         self._last_s = now_s
         readings.append(self._server_reading(readings, elapsed_s))
         sample = Sample(

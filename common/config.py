@@ -34,36 +34,52 @@ def load(model: type[Model], path: Path | None, env_prefix: str, environ: Mappin
             raise ConfigError(f"config file {path} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    sources: dict[str, str] = {}
     for dotted, value in env_overrides(model, env_prefix, environ).items():
         set_path(data, dotted, value)
+        sources[dotted] = f"from environment variable {env_name(env_prefix, dotted)}"
     for dotted, value in (overrides or {}).items():
         if value is not None:
             set_path(data, dotted, value)
+            sources[dotted] = "from the command line"
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(describe(exc, path, env_prefix)) from None
+        raise ConfigError(describe(exc, f"in {path}" if path else "", sources)) from None
 
 
-def describe(exc: ValidationError, path: Path | None, env_prefix: str) -> str:
-    """One line per invalid field: 'field a.b: why (got value)'."""
-    source = f" in {path}" if path else ""
+def describe(exc: ValidationError, file_source: str, sources: Mapping[str, str]) -> str:
+    """One line per invalid field: 'config field a.b (where it was set): why (got value)'.
+
+    Values are shown only for known fields that are not secrets, so a mistyped 'passwd' key never
+    echoes the password into a log.
+    """
     lines = []
     for error in exc.errors():
         field = ".".join(str(p) for p in error["loc"]) or "(top level)"
-        got = "" if error["type"] == "missing" else f" (got {error.get('input')!r})"
-        if "password" in field:
-            got = ""
-        lines.append(f"config field {field}{source}: {error['msg']}{got}")
-    lines.append(f"(environment overrides use {env_prefix}_<SECTION>_<FIELD>)")
+        source = _source_of(field, sources) or file_source
+        secret = any(word in field for word in ("password", "token", "secret"))
+        show_value = error["type"] not in ("missing", "extra_forbidden") and not secret
+        got = f" (got {error.get('input')!r})" if show_value else ""
+        lines.append(f"config field {field}{' ' + source if source else ''}: {error['msg']}{got}")
     return "\n".join(lines)
+
+
+def _source_of(field: str, sources: Mapping[str, str]) -> str | None:
+    matches = [dotted for dotted in sources if field == dotted or field.startswith(dotted + ".")]
+    return sources[max(matches, key=len)] if matches else None
+
+
+def env_name(prefix: str, dotted: str) -> str:
+    """The environment variable that overrides a dotted field path."""
+    return f"{prefix}_{dotted.replace('.', '_')}".upper()
 
 
 def env_overrides(model: type[BaseModel], prefix: str, environ: Mapping[str, str]) -> dict[str, str]:
     """The dotted field paths set by environment variables, with their (string) values."""
     found = {}
     for dotted in leaf_paths(model):
-        name = f"{prefix}_{dotted.replace('.', '_')}".upper()
+        name = env_name(prefix, dotted)
         if name in environ:
             found[dotted] = environ[name]
     return found

@@ -28,6 +28,7 @@ STATUS_CHANNEL = "status"
 MAX_PAYLOAD_BYTES = 256 * 1024
 MAX_SAMPLES_PER_BATCH = 600
 MAX_READINGS_PER_SAMPLE = 128
+MAX_INTERVAL_S = 3600.0
 
 _LEVEL_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 LEVEL_RULE = "1 to 64 characters from A-Z a-z 0-9 _ . -"
@@ -124,7 +125,7 @@ class Sample(_Strict):
 
     seq: int = Field(ge=0, description="per session, +1 per sample")
     ts_ms: int = Field(gt=0, description="end of the interval, Unix epoch milliseconds, sender's clock")
-    interval_s: float = Field(gt=0, le=3600)
+    interval_s: float = Field(gt=0, le=MAX_INTERVAL_S)
     readings: list[Reading] = Field(max_length=MAX_READINGS_PER_SAMPLE)
     host: HostStats | None = None
 

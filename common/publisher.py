@@ -80,6 +80,8 @@ class SpoolPublisher:
         sent = 0
         for session, group in groupby(items, key=lambda item: item[1].split(b" ", 1)[0]):
             for ids, sample_jsons in _fitting_batches(list(group)):
+                if len(self._inflight) >= self.max_inflight_batches:
+                    return sent
                 payload = batch_payload(self.kind, session.decode(), sample_jsons)
                 info = self.client.publish(self.samples_topic, payload, qos=1)
                 self._inflight[info.mid] = ids

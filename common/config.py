@@ -58,11 +58,16 @@ def describe(exc: ValidationError, file_source: str, sources: Mapping[str, str])
     for error in exc.errors():
         field = ".".join(str(p) for p in error["loc"]) or "(top level)"
         source = _source_of(field, sources) or file_source
-        secret = any(word in field for word in ("password", "token", "secret"))
-        show_value = error["type"] not in ("missing", "extra_forbidden") and not secret
-        got = f" (got {error.get('input')!r})" if show_value else ""
+        got = f" (got {error['input']!r})" if _safe_to_show(field, error) else ""
         lines.append(f"config field {field}{' ' + source if source else ''}: {error['msg']}{got}")
     return "\n".join(lines)
+
+
+def _safe_to_show(field: str, error: Mapping[str, Any]) -> bool:
+    """Only plain values of known, non-secret fields; never a whole section (it may hold a secret)."""
+    if error["type"] in ("missing", "extra_forbidden") or not isinstance(error.get("input"), (str, int, float, bool)):
+        return False
+    return not any(word in field for word in ("password", "token", "secret", "url"))
 
 
 def _source_of(field: str, sources: Mapping[str, str]) -> str | None:

@@ -224,3 +224,12 @@ def test_set_path_creates_sections() -> None:
     set_path(data, "mqtt.tls.ca_file", "/ca.pem")
     set_path(data, "log.level", "debug")
     assert data == {"mqtt": {"host": "h", "tls": {"ca_file": "/ca.pem"}}, "log": {"level": "debug"}}
+
+
+def test_section_level_errors_never_echo_secrets():
+    from collector.writers import InfluxConfig
+
+    with pytest.raises(ConfigError) as caught:
+        load(InfluxConfig, None, "DCEM_TEST", {}, {"api": "v1", "url": "http://127.0.0.1:8086", "token": "tok-SECRET",
+                                                   "database": "d", "password": "pw-SECRET"})
+    assert "SECRET" not in str(caught.value)

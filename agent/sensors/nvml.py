@@ -115,6 +115,11 @@ class NvmlSensor:
             nvml.NVML_VALUE_TYPE_UNSIGNED_SHORT: "usVal",
         }
 
+    @property
+    def gpus(self) -> tuple[str, ...]:
+        """The uuids of the physical GPUs this sensor reads."""
+        return tuple(gpu.uuid for gpu in self._gpus)
+
     @classmethod
     def open(cls, reinit_interval_s: float = DEFAULT_REINIT_INTERVAL_S) -> NvmlSensor:
         """Initialise NVML and find the physical GPUs; raise NvmlUnavailable when there is nothing to read."""

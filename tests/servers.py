@@ -11,6 +11,9 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -131,3 +134,107 @@ def make_test_ca(folder: Path, server_name: str = "localhost") -> dict[str, Path
     for step in steps:
         subprocess.run([openssl, *map(str, step)], check=True, capture_output=True)
     return paths
+
+
+def http_status(url: str, data: bytes | None = None, timeout_s: float = 2.0) -> int | None:
+    """The HTTP status `url` answers with (POST when `data` is given), or None if nothing answers."""
+    try:
+        with urllib.request.urlopen(url, data=data, timeout=timeout_s) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None
+
+
+def wait_for_http(url: str, expected: int, timeout_s: float = 20.0) -> None:
+    """Poll `url` until it answers with status `expected`."""
+    deadline = time.monotonic() + timeout_s
+    while http_status(url) != expected:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} did not answer {expected} within {timeout_s} s")
+        time.sleep(0.05)
+
+
+class Influxd(ServerProcess):
+    """InfluxDB 1.x (`influxd`) with its meta, data and WAL in `folder`; optional auth with an admin user."""
+
+    admin_user = "admin"
+    admin_password = "adm1n-s3cret-pw"
+
+    def __init__(self, folder: Path, auth_enabled: bool = False):
+        binary = require_binary("influxd")
+        folder.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        self.auth_enabled = auth_enabled
+        self._admin_created = False
+        config = folder / "influxdb.conf"
+        # reporting-disabled is upstream's key; Debian's 1.6.7 build renamed it reporting-enabled (default false).
+        config.write_text(f"""reporting-disabled = true
+reporting-enabled = false
+bind-address = "127.0.0.1:{free_port()}"
+
+[meta]
+  dir = "{folder}/meta"
+  logging-enabled = false
+
+[data]
+  dir = "{folder}/data"
+  wal-dir = "{folder}/wal"
+  query-log-enabled = false
+
+[monitor]
+  store-enabled = false
+
+[http]
+  bind-address = "127.0.0.1:{port}"
+  auth-enabled = {str(auth_enabled).lower()}
+  log-enabled = false
+
+[logging]
+  level = "warn"
+  suppress-logo = true
+""")
+        super().__init__([binary, "-config", str(config)], port, folder / "influxd.log")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Start, wait for /ping to answer 204, and create the admin user the first time when auth is on."""
+        super().start()
+        wait_for_http(f"{self.url}/ping", 204)
+        if self.auth_enabled and not self._admin_created:
+            statement = f"CREATE USER {self.admin_user} WITH PASSWORD '{self.admin_password}' WITH ALL PRIVILEGES"
+            status = http_status(f"{self.url}/query", urllib.parse.urlencode({"q": statement}).encode())
+            if status != 200:
+                raise RuntimeError(f"influxd refused to create the admin user (HTTP {status})")
+            self._admin_created = True
+
+
+class VictoriaMetrics(ServerProcess):
+    """Single-node VictoriaMetrics with its data in `folder`; recent writes are searchable at once, and a sample
+    written twice (same series and timestamp) is stored once, as the collector's idempotent writes need."""
+
+    def __init__(self, folder: Path):
+        binary = require_binary("victoria-metrics")
+        folder.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        argv = [binary, f"-storageDataPath={folder}", f"-httpListenAddr=127.0.0.1:{port}", "-retentionPeriod=100y",
+                "-search.latencyOffset=0s", "-search.disableCache", "-dedup.minScrapeInterval=1ms"]
+        super().__init__(argv, port, folder / "victoria-metrics.log")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Start and wait for /health to answer 200."""
+        super().start()
+        wait_for_http(f"{self.url}/health", 200)
+
+    def force_flush(self) -> None:
+        """Make everything written so far visible to queries and exports."""
+        if http_status(f"{self.url}/internal/force_flush") != 200:
+            raise RuntimeError("victoria-metrics refused /internal/force_flush")

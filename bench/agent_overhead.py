@@ -37,7 +37,7 @@ if str(REPO) not in sys.path:
 
 from common.mqtt import MqttConfig, connect, make_client  # noqa: E402
 from tests.agent_process import write_agent_config  # noqa: E402
-from tests.servers import Mosquitto  # noqa: E402
+from common.local_servers import Mosquitto  # noqa: E402
 
 LAUNCHER = REPO / "bench" / "agent_with_fake_gpus.py"
 TARGET_CPU_PCT = 1.0

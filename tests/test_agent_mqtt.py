@@ -6,7 +6,6 @@ import shutil
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 

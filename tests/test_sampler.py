@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from types import SimpleNamespace
 
 import pytest
-from pydantic import ValidationError
 
 from agent.energy import AmbiguousInterval
 from agent.sampler import SERVER_READING_ID, Sampler

@@ -71,6 +71,11 @@ class SpooledOutput:
         sample = [body.count(b"\n") + 1 for _, body in spool.peek(_BACKLOG_SAMPLE)]
         self._spooled_batches, self._spooled_lines = len(sample), sum(sample)
 
+    @property
+    def target(self) -> str:
+        """Where the lines go, without credentials (for logs)."""
+        return self._writer.target
+
     def submit(self, lines: list[str]) -> bool:
         """Write or spool one batch; True when it is durably handled, False if even the spool failed."""
         if not lines:

@@ -85,7 +85,7 @@ class Site(_Section):
     grid_factor_year: int | None = Field(default=None, ge=2000, le=2100)
     diesel_factor_kg_per_kwh: float | None = Field(default=None, gt=0, lt=3)
     certificates: Path | None = None
-    min_it_coverage: float = Field(default=0.98, ge=0, le=1)
+    min_it_coverage: float = Field(default=0.98, gt=0, le=1)
     require_facility_meter: bool = False
     rooms: tuple[Room, ...] = ()
     meters: tuple[Meter, ...] = ()
@@ -176,6 +176,10 @@ class SiteIndex:
     def meter(self, site: str, room: str, rack: str, device: str) -> MeterInfo | None:
         """The expected meter at these topic levels, or None."""
         return self._meters.get((site, room, rack, device))
+
+    @property
+    def sites(self) -> tuple[Site, ...]:
+        return tuple(self._sites.values())
 
     def site(self, site_id: str) -> Site | None:
         """A site's configuration, or None."""

@@ -39,14 +39,15 @@ class MqttConfig(BaseModel):
     topic_root: str = Field(default="dcem", pattern=r"^[A-Za-z0-9_\-]+$")
 
 
-def make_client(config: MqttConfig, client_id: str, persistent_session: bool = False) -> paho.Client:
+def make_client(config: MqttConfig, client_id: str, persistent_session: bool = False,
+                client_class: type[paho.Client] = paho.Client) -> paho.Client:
     """A paho client (callback API version 2) with credentials and TLS applied; not yet connected.
 
     A persistent session (MQTT 3.1.1 clean_session=False; for MQTT 5 see `connect`) makes the broker keep
     the client's subscriptions and queue its QoS 1 messages while it is away.
     """
     protocol = paho.MQTTv5 if config.protocol == "5" else paho.MQTTv311
-    client = paho.Client(
+    client = client_class(
         paho.CallbackAPIVersion.VERSION2,
         client_id=client_id,
         protocol=protocol,

@@ -1,0 +1,178 @@
+"""The collector's energy book: accepted points in, energy per rack, meter and site per 15-minute bin out.
+
+Pure: no I/O and no clock. Hosts contribute their server-input estimate (the IT energy when no IT meter
+exists) to their rack and to their site's host total; meters contribute to themselves. Each accumulator
+holds energy, the time its counters covered, and utilisation weighted by time, so bins add up exactly.
+`site_bin` turns a site's accumulators for one bin into the metrics module's SiteBin, listing every
+expected meter (silent ones with coverage 0) and every expected host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from collector.accounting import BIN_MS, Point, StreamState
+from collector.metrics import MeterCoverage, SiteBin
+from collector.site import HostInfo, MeterInfo, SiteIndex
+
+J_PER_KWH = 3.6e6
+
+# Accumulator keys: ("rack", site, room, rack, bin), ("hosts", site, bin), ("meter", site, meter_id, bin)
+AccumulatorKey = tuple
+
+
+@dataclass
+class Accumulator:
+    energy_j: float = 0.0
+    covered_ms: float = 0.0
+    cpu_util_weighted: float = 0.0
+    cpu_util_weight: float = 0.0
+    gpu_util_weighted: float = 0.0
+    gpu_util_weight: float = 0.0
+
+    def as_row(self) -> tuple[float, ...]:
+        return (self.energy_j, self.covered_ms, self.cpu_util_weighted, self.cpu_util_weight,
+                self.gpu_util_weighted, self.gpu_util_weight)
+
+
+@dataclass(frozen=True)
+class Utilisation:
+    """A sample's utilisation (0..1) and the seconds it describes."""
+
+    cpu: float | None
+    gpu: float | None
+    seconds: float
+
+
+class EnergyBook:
+    def __init__(self, index: SiteIndex, keep_points: int = 16):
+        self.index = index
+        self.keep_points = keep_points
+        self.streams: dict[tuple, StreamState] = {}
+        self.accumulators: dict[AccumulatorKey, Accumulator] = {}
+        self.dirty: set[AccumulatorKey] = set()
+        self.bins_by_site: dict[str, set[int]] = {}
+        self.new_points: list[tuple[tuple, Point]] = []
+
+    def add_host_point(self, host: HostInfo, point: Point, utilisation: Utilisation | None) -> str:
+        """Account one host server-input point. Returns 'new', 'duplicate' or 'refinement-ignored'."""
+        outcome, counted = self._account(
+            ("host", host.site, host.room, host.rack, host.device), point,
+            lambda start: (("rack", host.site, host.room, host.rack, start), ("hosts", host.site, start)))
+        if counted and utilisation is not None:
+            self._add_utilisation(host, point.ts_ms, utilisation)
+        return outcome
+
+    def add_meter_point(self, meter: MeterInfo, point: Point) -> str:
+        """Account one meter point. Returns 'new', 'duplicate' or 'refinement-ignored'."""
+        outcome, _counted = self._account(("meter", meter.site, meter.device), point,
+                                          lambda start: (("meter", meter.site, meter.device, start),))
+        return outcome
+
+    def restore_point(self, stream: tuple, point: Point) -> None:
+        """Put back a point saved earlier, without contributing again (its contributions are saved too)."""
+        self._stream(stream).add(point)
+
+    def restore_accumulator(self, key: AccumulatorKey, row: Iterable[float]) -> None:
+        self.accumulators[key] = Accumulator(*row)
+        self._index_bin(key)
+
+    def previous_energy(self, stream: tuple, session: str, seq: int) -> float | None:
+        """The energy of the nearest known earlier point of the same session (for 'counter went back')."""
+        state = self.streams.get(stream)
+        kept = state.sessions.get(session) if state else None
+        if not kept:
+            return None
+        earlier = [p for p in kept if p.seq < seq]
+        return earlier[-1].energy_j if earlier else None
+
+    def take_dirty(self) -> dict[AccumulatorKey, Accumulator]:
+        """The accumulators changed since the last call, and forget that they were."""
+        changed = {key: self.accumulators[key] for key in self.dirty}
+        self.dirty.clear()
+        return changed
+
+    def take_new_points(self) -> list[tuple[tuple, Point]]:
+        points, self.new_points = self.new_points, []
+        return points
+
+    def site_bin(self, site: str, start_ms: int) -> SiteBin:
+        """Everything accounted for one site in one bin, as the metrics module takes it."""
+        energy: dict[tuple, float] = {}
+        coverage: dict[str, MeterCoverage] = {}
+        for meter in self.index.expected_meters(site):
+            acc = self.accumulators.get(("meter", site, meter.device, start_ms))
+            coverage[meter.device] = MeterCoverage(meter.role, min(1.0, acc.covered_ms / BIN_MS) if acc else 0.0)
+            if acc:
+                key = (meter.role, meter.source)
+                energy[key] = energy.get(key, 0.0) + max(0.0, acc.energy_j) / J_PER_KWH
+        hosts = self.accumulators.get(("hosts", site, start_ms), Accumulator())
+        expected = len(self.index.expected_hosts(site))
+        return SiteBin(
+            start_ms=start_ms,
+            energy_kwh=energy,
+            meter_coverage=coverage,
+            host_server_input_kwh=max(0.0, hosts.energy_j) / J_PER_KWH if expected else 0.0,
+            hosts_expected=expected,
+            host_coverage_sum=min(float(expected), max(0.0, hosts.covered_ms) / BIN_MS),
+            cpu_util_weighted_sum=hosts.cpu_util_weighted,
+            cpu_util_weight=hosts.cpu_util_weight,
+            gpu_util_weighted_sum=hosts.gpu_util_weighted,
+            gpu_util_weight=hosts.gpu_util_weight,
+        )
+
+    def site_bin_starts(self, site: str, start_ms: int, end_ms: int) -> list[int]:
+        """The bins in [start_ms, end_ms) where anything was accounted for the site."""
+        return sorted(s for s in self.bins_by_site.get(site, ()) if start_ms <= s < end_ms)
+
+    def _stream(self, stream: tuple) -> StreamState:
+        state = self.streams.get(stream)
+        if state is None:
+            state = self.streams[stream] = StreamState(keep=self.keep_points)
+        return state
+
+    def _account(self, stream: tuple, point: Point, keys_for) -> tuple[str, bool]:
+        """(outcome, whether the point counted energy: not a session's first point, not a duplicate)."""
+        state = self._stream(stream)
+        contributions = state.add(point)
+        if contributions is None:
+            return "duplicate", False
+        if not contributions and point not in state.sessions[point.session]:
+            return "refinement-ignored", False
+        self.new_points.append((stream, point))
+        for start, joules, covered in contributions:
+            for key in keys_for(start):
+                self._add(key, joules, covered)
+        return "new", bool(contributions)
+
+    def _add(self, key: AccumulatorKey, joules: float, covered_ms: float) -> None:
+        acc = self._accumulator(key)
+        acc.energy_j += joules
+        acc.covered_ms += covered_ms
+        self.dirty.add(key)
+
+    def _add_utilisation(self, host: HostInfo, ts_ms: int, utilisation: Utilisation) -> None:
+        """A sample describes the interval that ends at ts_ms, so one at a bin boundary belongs to the bin before."""
+        start = (ts_ms - 1) - (ts_ms - 1) % BIN_MS
+        for key in (("rack", host.site, host.room, host.rack, start), ("hosts", host.site, start)):
+            acc = self._accumulator(key)
+            if utilisation.cpu is not None:
+                acc.cpu_util_weighted += utilisation.cpu * utilisation.seconds
+                acc.cpu_util_weight += utilisation.seconds
+            if utilisation.gpu is not None:
+                acc.gpu_util_weighted += utilisation.gpu * utilisation.seconds
+                acc.gpu_util_weight += utilisation.seconds
+            self.dirty.add(key)
+
+
+    def _accumulator(self, key: AccumulatorKey) -> Accumulator:
+        acc = self.accumulators.get(key)
+        if acc is None:
+            acc = self.accumulators[key] = Accumulator()
+            self._index_bin(key)
+        return acc
+
+    def _index_bin(self, key: AccumulatorKey) -> None:
+        if key[0] in ("hosts", "meter"):
+            self.bins_by_site.setdefault(key[1], set()).add(key[-1])

@@ -1,0 +1,63 @@
+"""The collector's configuration: a TOML file (see collector/collector.example.toml), environment, flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from collector.writers import InfluxConfig
+from common.mqtt import MqttConfig
+
+ENV_PREFIX = "DCEM_COLLECTOR"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class IngestConfig(_Section):
+    client_id: str = Field(default="dcem-collector", pattern=r"^[A-Za-z0-9_.\-]{1,64}$",
+                           description="fixed, so the broker keeps this collector's session while it is away")
+    session_expiry_s: int = Field(default=7 * 86400, ge=60, description="how long the broker queues for us")
+    shared_group: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_\-]{1,64}$",
+                                     description="MQTT 5 shared subscription group, to split the load")
+    max_batch: int = Field(default=5000, ge=1, description="messages handled per flush at most")
+    flush_interval_s: float = Field(default=0.2, gt=0, le=10, description="longest wait before a flush")
+    raw_resolution_s: float = Field(default=10.0, ge=0.001, description="raw readings kept per device")
+    dead_letter_per_s: int = Field(default=100, ge=0, description="rejected messages republished per second")
+
+
+class LimitsConfig(_Section):
+    max_future_s: float = Field(default=300.0, gt=0)
+    max_age_s: float = Field(default=8 * 86400.0, gt=0)
+    max_host_reading_w: float = Field(default=50_000.0, gt=0)
+    max_meter_w: float = Field(default=500e6, gt=0)
+
+
+class StateConfig(_Section):
+    folder: Path = Path("/var/lib/dcem-collector")
+    output_spool_max_batches: int = Field(default=100_000, ge=10)
+    keep_points: int = Field(default=16, ge=2, description="recent points kept per session (late data)")
+
+
+class ReportConfig(_Section):
+    metrics_interval_s: float = Field(default=10.0, gt=0, description="how often site metrics are recomputed")
+    stats_interval_s: float = Field(default=10.0, gt=0)
+
+
+class LogConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["logfmt", "json"] = "logfmt"
+
+
+class CollectorConfig(_Section):
+    site_config: Path
+    mqtt: MqttConfig = MqttConfig()
+    influx: InfluxConfig
+    ingest: IngestConfig = IngestConfig()
+    limits: LimitsConfig = LimitsConfig()
+    state: StateConfig = StateConfig()
+    report: ReportConfig = ReportConfig()
+    log: LogConfig = LogConfig()

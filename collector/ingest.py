@@ -1,0 +1,221 @@
+"""Validates each incoming message and turns it into accounting points and raw InfluxDB lines. No I/O.
+
+Every message is either accepted whole or rejected whole with a short stable reason (counted, and sent to
+the dead-letter topic by the service). Reasons: bad-topic, malformed-json, schema, not-finite,
+out-of-range, unsupported-version, oversized (from the contract); unknown-site, unknown-device,
+kind-mismatch, future-timestamp, too-old, absurd-power, counter-backwards, no-energy-reading (here).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from collector.accounting import Point
+from collector.book import EnergyBook, Utilisation
+from collector.lineproto import line
+from collector.site import HostInfo, MeterInfo, SiteIndex
+from common.contract import (
+    SAMPLES_CHANNEL,
+    STATUS_CHANNEL,
+    Component,
+    ContractError,
+    Identity,
+    Reading,
+    Sample,
+    SampleBatch,
+    Status,
+    decode_batch,
+    decode_status,
+    parse_topic,
+)
+
+_CPU = (Component.CPU_PACKAGE, Component.PSYS)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds beyond which a value is refused as impossible rather than stored."""
+
+    max_future_s: float = 300.0
+    max_age_s: float = 8 * 86400.0
+    max_host_reading_w: float = 50_000.0
+    max_meter_w: float = 500e6
+
+
+@dataclass(frozen=True)
+class Rejection:
+    reason: str
+    detail: str
+
+
+class Ingest:
+    def __init__(self, index: SiteIndex, book: EnergyBook, topic_root: str, limits: Limits = Limits(),
+                 raw_resolution_ms: int = 10_000):
+        self.index = index
+        self.book = book
+        self.topic_root = topic_root
+        self.limits = limits
+        self.raw_resolution_ms = raw_resolution_ms
+        self.rejected: Counter[str] = Counter()
+        self.outcomes: Counter[str] = Counter()
+        self.lines: list[str] = []
+        self._last_raw_ms: dict[tuple, int] = {}
+
+    def handle(self, topic: str, payload: bytes, now_ms: int) -> Rejection | None:
+        """Account one message; None when accepted, else why not."""
+        try:
+            identity, channel = parse_topic(topic, self.topic_root)
+            if channel == STATUS_CHANNEL:
+                self._known(identity)
+                self.lines.append(_status_line(identity, decode_status(payload), now_ms))
+                return None
+            if channel != SAMPLES_CHANNEL:
+                raise ContractError("bad-topic", f"unknown channel {channel!r}")
+            batch = decode_batch(payload)
+            device = self._device(identity, batch.kind)
+            self._check(batch, device, now_ms)
+        except ContractError as exc:
+            self.rejected[exc.reason] += 1
+            return Rejection(exc.reason, exc.detail)
+        if isinstance(device, HostInfo):
+            self._accept_host(batch, device)
+        else:
+            self._accept_meter(batch, device)
+        self.outcomes["messages"] += 1
+        return None
+
+    def take_lines(self) -> list[str]:
+        lines, self.lines = self.lines, []
+        return lines
+
+    def _known(self, identity: Identity) -> HostInfo | MeterInfo:
+        levels = (identity.site, identity.room, identity.rack, identity.device)
+        device = self.index.host(*levels) or self.index.meter(*levels)
+        if device is None:
+            if self.index.site(identity.site) is None:
+                raise ContractError("unknown-site", f"site {identity.site!r} is not in the site configuration")
+            raise ContractError("unknown-device", f"{'/'.join(levels[1:])} is not configured for site {identity.site!r}")
+        return device
+
+    def _device(self, identity: Identity, kind: str) -> HostInfo | MeterInfo:
+        device = self._known(identity)
+        host = device if isinstance(device, HostInfo) else None
+        if (kind == "host") != (host is not None):
+            raise ContractError("kind-mismatch", f"{identity.device!r} is configured as a "
+                                                 f"{'host' if host else 'meter'} but sent kind={kind!r}")
+        return device
+
+    def _check(self, batch: SampleBatch, device: HostInfo | MeterInfo, now_ms: int) -> None:
+        stream = _stream_of(device)
+        previous: float | None = None
+        for sample in sorted(batch.samples, key=lambda s: s.seq):
+            if sample.ts_ms > now_ms + self.limits.max_future_s * 1000:
+                raise ContractError("future-timestamp", f"seq {sample.seq} at {sample.ts_ms} is "
+                                                        f"{(sample.ts_ms - now_ms) / 1000:.0f} s ahead of the collector")
+            if sample.ts_ms < now_ms - self.limits.max_age_s * 1000:
+                raise ContractError("too-old", f"seq {sample.seq} is {(now_ms - sample.ts_ms) / 86_400_000:.1f} days old")
+            limit = self.limits.max_meter_w if isinstance(device, MeterInfo) else self.limits.max_host_reading_w
+            for reading in sample.readings:
+                if reading.power_w is not None and reading.power_w > limit:
+                    raise ContractError("absurd-power", f"seq {sample.seq} {reading.component} {reading.id}: "
+                                                        f"{reading.power_w:g} W > {limit:g} W")
+            energy = _energy_reading(sample, device).energy_j
+            known = self.book.previous_energy(stream, batch.session, sample.seq)
+            floor = max((x for x in (previous, known) if x is not None), default=None)
+            if floor is not None and energy < floor:
+                raise ContractError("counter-backwards", f"seq {sample.seq}: {energy:g} J after {floor:g} J "
+                                                         f"in session {batch.session}")
+            previous = energy
+
+    def _accept_host(self, batch: SampleBatch, host: HostInfo) -> None:
+        for sample in batch.samples:
+            server = _energy_reading(sample, host)
+            point = Point(batch.session, sample.seq, sample.ts_ms, server.energy_j)
+            outcome = self.book.add_host_point(host, point, _utilisation(sample))
+            self.outcomes[outcome] += 1
+            if outcome != "duplicate" and self._raw_due(("host", host), sample.ts_ms):
+                self.lines += _host_lines(host, sample, server)
+
+    def _accept_meter(self, batch: SampleBatch, meter: MeterInfo) -> None:
+        for sample in batch.samples:
+            reading = _energy_reading(sample, meter)
+            point = Point(batch.session, sample.seq, sample.ts_ms, reading.energy_j)
+            outcome = self.book.add_meter_point(meter, point)
+            self.outcomes[outcome] += 1
+            if outcome != "duplicate" and self._raw_due(("meter", meter), sample.ts_ms):
+                self.lines.append(line("meter", {"site": meter.site, "meter": meter.device, "role": meter.role,
+                                                 "source": meter.source or ""},
+                                       {"power_w": reading.power_w, "energy_kwh": reading.energy_j / 3.6e6},
+                                       sample.ts_ms))
+
+    def _raw_due(self, key: tuple, ts_ms: int) -> bool:
+        """Raw readings are stored at most once per resolution period per device."""
+        slot = ts_ms // self.raw_resolution_ms
+        if self._last_raw_ms.get(key) == slot:
+            return False
+        self._last_raw_ms[key] = slot
+        return True
+
+
+def _stream_of(device: HostInfo | MeterInfo) -> tuple:
+    if isinstance(device, HostInfo):
+        return ("host", device.site, device.room, device.rack, device.device)
+    return ("meter", device.site, device.device)
+
+
+def _energy_reading(sample: Sample, device: HostInfo | MeterInfo) -> Reading:
+    wanted = Component.SERVER_INPUT if isinstance(device, HostInfo) else Component.METER
+    for reading in sample.readings:
+        if reading.component == wanted and reading.energy_j is not None:
+            return reading
+    raise ContractError("no-energy-reading", f"seq {sample.seq} has no {wanted} reading with energy_j")
+
+
+def _utilisation(sample: Sample) -> Utilisation | None:
+    gpus = [r.util for r in sample.readings if r.component == Component.GPU and r.util is not None]
+    cpu = sample.host.cpu_util if sample.host else None
+    if cpu is None and not gpus:
+        return None
+    return Utilisation(cpu=cpu, gpu=sum(gpus) / len(gpus) if gpus else None, seconds=sample.interval_s)
+
+
+def _host_lines(host: HostInfo, sample: Sample, server: Reading) -> list[str]:
+    tags = {"site": host.site, "room": host.room, "rack": host.rack, "host": host.device}
+    cpu = [r for r in sample.readings if r.component in _CPU]
+    gpus = [r for r in sample.readings if r.component == Component.GPU]
+    fields = {
+        "server_input_w": server.power_w,
+        "cpu_w": _sum(r.power_w for r in cpu),
+        "dram_w": _sum(r.power_w for r in sample.readings if r.component == Component.DRAM),
+        "gpu_w": _sum(r.power_w for r in gpus),
+        "cpu_method": cpu[0].method.value if cpu else None,
+        "cpu_util": sample.host.cpu_util if sample.host else None,
+        "gpus": len(gpus) or None,
+        "gpus_lost": sum(r.state == "lost" for r in gpus) or None,
+    }
+    lines = [line("host", tags, fields, sample.ts_ms)]
+    for gpu in gpus:
+        lines.append(line("gpu", {**tags, "gpu": gpu.id}, {
+            "power_w": gpu.power_w, "power_avg_w": gpu.power_avg_w, "power_instant_w": gpu.power_instant_w,
+            "power_limit_w": gpu.power_limit_w, "util": gpu.util, "temp_c": gpu.temp_c,
+            "mem_used_bytes": gpu.mem_used_bytes, "method": gpu.method.value, "lost": gpu.state == "lost",
+        }, sample.ts_ms))
+    return lines
+
+
+def _status_line(identity: Identity, status: Status, now_ms: int) -> str:
+    """An agent's or gateway's status; the broker's last will (offline) carries no time, so it gets now."""
+    overhead = status.overhead
+    fields = {"state": status.state, "online": status.state == "online", "version": status.version,
+              "spool_depth": overhead.spool_depth if overhead else None,
+              "spool_dropped": overhead.spool_dropped if overhead else None,
+              "cpu_seconds": overhead.cpu_seconds if overhead else None,
+              "rss_bytes": overhead.rss_bytes if overhead else None}
+    tags = {"site": identity.site, "room": identity.room, "rack": identity.rack, "device": identity.device}
+    return line("device_status", tags, fields, status.ts_ms or now_ms)
+
+
+def _sum(values) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) if present else None

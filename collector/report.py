@@ -1,0 +1,156 @@
+"""Turns the energy book into InfluxDB lines: energy per rack and meter per bin, and site metrics per period.
+
+Pure: the evaluation instant is a parameter. Site metrics are written for every period that new data
+touched (its 15-minute bin once ended, its hour, its local day, its local month) and for the standard
+periods at the evaluation instant (so a silent site still gets its 'no data' status), plus the trailing
+12 months up to the end of the last bin. Every point's timestamp is its period's start, so recomputing a
+period overwrites its earlier value (idempotent writes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
+
+import pandas as pd
+
+from collector.accounting import BIN_MS
+from collector.book import J_PER_KWH, Accumulator, AccumulatorKey, EnergyBook
+from collector.factors import FactorTable, diesel_factor, grid_factor, residual_factor
+from collector.ledger import Ledger, green_instruments_kwh
+from collector.lineproto import line
+from collector.metrics import HOUR_MS, SiteBin, SiteFactors, SiteMetrics, metrics_for_period, standard_periods
+from collector.site import Site, SiteIndex
+
+Period = tuple[str, int, int]
+
+
+def site_factors(site: Site, table: FactorTable | None = None) -> SiteFactors:
+    """The factors a site's configuration selects: its region's grid factor for the chosen (or latest) year,
+    the national residual factor of the same year where published (else the latest), and diesel."""
+    grid = grid_factor(site.grid_region, site.grid_factor_year, table)
+    try:
+        residual = residual_factor(grid.year, table)
+    except ValueError:
+        residual = residual_factor(None, table)
+    return SiteFactors(grid=grid, residual=residual, diesel=diesel_factor(site.diesel_factor_kg_per_kwh, table),
+                       min_it_coverage=site.min_it_coverage)
+
+
+class Reporter:
+    def __init__(self, index: SiteIndex, book: EnergyBook, ledgers: Mapping[str, Ledger],
+                 factors: Mapping[str, SiteFactors]):
+        self.index = index
+        self.book = book
+        self.ledgers = ledgers
+        self.factors = factors
+        self._bins: dict[tuple[str, int], SiteBin] = {}
+        self._touched: dict[str, set[int]] = {}
+
+    def accumulator_lines(self, changed: Mapping[AccumulatorKey, Accumulator]) -> list[str]:
+        """Lines for changed rack and meter accumulators; remembers which site bins changed."""
+        for key in changed:
+            if key[0] in ("hosts", "meter"):
+                self._touched.setdefault(key[1], set()).add(key[-1])
+                self._bins.pop((key[1], key[-1]), None)
+        return [text for key, acc in changed.items() if (text := self._accumulator_line(key, acc))]
+
+    def site_lines(self, now_ms: int) -> list[str]:
+        """Site metrics for the standard periods at now_ms and every period the changed bins belong to."""
+        lines = []
+        for site in self.index.sites:
+            periods = set(standard_periods(now_ms, site.timezone))
+            for start in self._touched.get(site.id, ()):
+                periods |= set(periods_of_bin(start, now_ms, site.timezone))
+            lines += [metrics_line(site.id, m) for m in self.metrics(site.id, sorted(periods))]
+        self._touched.clear()
+        return lines
+
+    def metrics(self, site_id: str, periods: Iterable[Period]) -> list[SiteMetrics]:
+        results = []
+        for label, start, end in periods:
+            bins = [self._site_bin(site_id, b) for b in self.book.site_bin_starts(site_id, start, end)]
+            gec_kwh, traded_kwh = self._instruments(site_id, start, end)
+            results.append(metrics_for_period(bins, start, end, self.factors[site_id], gec_kwh, traded_kwh, label))
+        return results
+
+    def _site_bin(self, site_id: str, start: int) -> SiteBin:
+        cached = self._bins.get((site_id, start))
+        if cached is None:
+            cached = self._bins[(site_id, start)] = self.book.site_bin(site_id, start)
+        return cached
+
+    def _instruments(self, site_id: str, start: int, end: int) -> tuple[float, float]:
+        ledger = self.ledgers.get(site_id)
+        if ledger is None:
+            return 0.0, 0.0
+        return tuple(green_instruments_kwh(ledger, _utc(start), _utc(end)))
+
+    def _accumulator_line(self, key: AccumulatorKey, acc: Accumulator) -> str | None:
+        if key[0] == "rack":
+            _, site, room, rack, start = key
+            hosts = len(self.index.expected_hosts(site, room, rack)) or 1
+            return line("rack_energy", {"site": site, "room": room, "rack": rack}, {
+                "energy_kwh": max(0.0, acc.energy_j) / J_PER_KWH,
+                "host_coverage": min(1.0, max(0.0, acc.covered_ms) / (BIN_MS * hosts)),
+                "cpu_util": _ratio(acc.cpu_util_weighted, acc.cpu_util_weight),
+                "gpu_util": _ratio(acc.gpu_util_weighted, acc.gpu_util_weight),
+            }, start)
+        if key[0] == "meter":
+            _, site, meter_id, start = key
+            meter = next(m for m in self.index.expected_meters(site) if m.device == meter_id)
+            return line("meter_energy", {"site": site, "meter": meter_id, "role": meter.role,
+                                         "source": meter.source or ""}, {
+                "energy_kwh": max(0.0, acc.energy_j) / J_PER_KWH,
+                "coverage": min(1.0, max(0.0, acc.covered_ms) / BIN_MS),
+            }, start)
+        return None
+
+
+def periods_of_bin(start: int, now_ms: int, zone: str) -> list[Period]:
+    """The periods a bin belongs to: the bin itself, its hour, its local day and its local month.
+
+    A period still running ends at the end of the last whole bin (an hour, day or month 'so far'); the
+    bin in progress belongs to none until it ends.
+    """
+    end_of_data = now_ms - now_ms % BIN_MS
+    if start + BIN_MS > end_of_data:
+        return []
+    day = pd.Timestamp(start, unit="ms", tz="UTC").tz_convert(zone).normalize()
+    hour = start - start % HOUR_MS
+    candidates = [
+        ("15m", start, start + BIN_MS),
+        ("1h", hour, hour + HOUR_MS),
+        ("1d", _ms(day), _ms(day + pd.Timedelta(days=1))),
+        ("mtd", _ms(day.replace(day=1)), _ms(day.replace(day=1) + pd.DateOffset(months=1))),
+    ]
+    return [(label, begin, min(end, end_of_data)) for label, begin, end in candidates]
+
+
+def metrics_line(site_id: str, m: SiteMetrics) -> str:
+    factors = m.factors
+    fields = {
+        "pue": m.pue, "pue_status": m.pue_status, "pue_category": str(m.pue_category) if m.pue_category else None,
+        "e_facility_kwh": m.e_facility_kwh, "e_it_kwh": m.e_it_kwh, "green_kwh": m.green_kwh,
+        "green_ratio": m.green_ratio, "green_ratio_metered": m.green_ratio_metered, "green_status": m.green_status,
+        "green_unclaimed_kwh": m.green_unclaimed_kwh, "carbon_location_kg": m.carbon_location_kg,
+        "carbon_market_kg": m.carbon_market_kg, "cue_location": m.cue_location, "cue_market": m.cue_market,
+        "coverage": m.coverage, "facility_coverage": m.facility_coverage, "bins_total": m.bins_total,
+        "bins_complete": m.bins_complete, "host_coverage": m.host_coverage, "cpu_util": m.cpu_util,
+        "gpu_util": m.gpu_util, "ppue_cooling": m.ppue_cooling, "end_ms": m.end_ms,
+        "grid_factor": factors.grid.value_kg_per_kwh, "grid_factor_year": factors.grid.year,
+        "grid_region": str(factors.grid.region), "residual_factor": factors.residual.value_kg_per_kwh,
+    }
+    return line("site_metrics", {"site": site_id, "period": m.period}, fields, m.start_ms)
+
+
+def _ms(ts: pd.Timestamp) -> int:
+    return int(ts.tz_convert("UTC").value // 1_000_000)
+
+
+def _utc(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+
+
+def _ratio(numerator: float, denominator: float) -> float | None:
+    return numerator / denominator if denominator > 0 else None

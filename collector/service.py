@@ -1,0 +1,256 @@
+"""The collector process: MQTT in, accounting, InfluxDB out, acknowledging only what is durably handled.
+
+One thread runs everything, driving paho's network loop itself (loop_read / loop_write / loop_misc), so
+reading, accounting and acknowledging never contend for the interpreter. Messages are taken in batches;
+a batch is flushed when it is full or `flush_interval_s` has passed: its lines are written to InfluxDB
+(or to the output spool when InfluxDB is down), the accounting state is saved, and only then are its
+messages acknowledged (PUBACK). A collector killed at any point is sent the unacknowledged messages again
+by the broker (persistent session), and the saved state recognises those it had already counted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import select
+import threading
+import time
+from collections import Counter
+
+import paho.mqtt.client as paho
+
+from collector.book import EnergyBook
+from collector.config import CollectorConfig
+from collector.ingest import Ingest, Limits, Rejection
+from collector.ledger import load_site_ledgers
+from collector.lineproto import line
+from collector.output import SpooledOutput
+from collector.report import Reporter, site_factors
+from collector.site import SiteIndex, load_site_config
+from collector.state import StateStore
+from collector.writers import make_writer
+from common.contract import SAMPLES_CHANNEL, STATUS_CHANNEL, subscription
+from common.logs import event
+from common.mqtt import connect, make_client
+from common.spool import Spool
+
+log = logging.getLogger(__name__)
+
+PRUNE_INTERVAL_S = 600.0
+SESSION_RETENTION_MS = 10 * 86_400_000
+RECONNECT_MAX_S = 30.0
+
+
+class BufferedClient(paho.Client):
+    """paho's client reading the socket in 256 KiB chunks.
+
+    paho reads every packet with two or more small recv() calls; at tens of thousands of messages a second
+    those system calls dominate. This serves paho's reads from one larger read. paho-mqtt 2.x only (the
+    version pinned in pyproject.toml); tests run the collector against a real broker.
+    """
+
+    _read_ahead = b""
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        if not self._read_ahead:
+            self._read_ahead = super()._sock_recv(262_144)
+        chunk, self._read_ahead = self._read_ahead[:bufsize], self._read_ahead[bufsize:]
+        return chunk
+
+    def has_buffered_input(self) -> bool:
+        return bool(self._read_ahead)
+
+    def _reset_sockets(self, *args, **kwargs) -> None:
+        self._read_ahead = b""
+        super()._reset_sockets(*args, **kwargs)
+
+
+class Collector:
+    def __init__(self, config: CollectorConfig):
+        self.config = config
+        site_config = load_site_config(config.site_config)
+        self.index = SiteIndex(site_config)
+        self.book = EnergyBook(self.index, config.state.keep_points)
+        folder = config.state.folder
+        self.store = StateStore(folder / "state.db")
+        restored = self.store.load_into(self.book)
+        self.ingest = Ingest(self.index, self.book, config.mqtt.topic_root,
+                             Limits(**config.limits.model_dump()), int(config.ingest.raw_resolution_s * 1000))
+        self.reporter = Reporter(self.index, self.book, load_site_ledgers(site_config),
+                                 {site.id: site_factors(site) for site in site_config.sites})
+        self.output = SpooledOutput(make_writer(config.influx),
+                                    Spool(folder / "output-spool.db", config.state.output_spool_max_batches),
+                                    rejected=Spool(folder / "output-rejected.db", config.state.output_spool_max_batches))
+        self.client = self._make_client()
+        self.pending: list[tuple[str, bytes, int, int]] = []
+        self.stats: Counter[str] = Counter()
+        self.connected = threading.Event()
+        self._dead_letters_this_second = 0
+        self._dead_letter_second = 0
+        self._last_logged: dict[str, float] = {}
+        event(log, logging.INFO, "collector-started", sites=len(self.index.sites), state=str(folder),
+              restored_points=restored[0], restored_accumulators=restored[1], influx=self.output.target)
+
+    def run(self, stop: threading.Event) -> None:
+        """Consume until `stop` is set, then flush what was received and disconnect."""
+        ingest = self.config.ingest
+        connect(self.client, self.config.mqtt, persistent_session=True, session_expiry_s=ingest.session_expiry_s)
+        backoff = 1.0
+        batch_started = time.monotonic()
+        next_metrics = next_stats = time.monotonic()
+        next_prune = time.monotonic() + PRUNE_INTERVAL_S
+        while not stop.is_set():
+            if not self._pump_network(batch_started):
+                stop.wait(backoff)
+                backoff = min(RECONNECT_MAX_S, backoff * 2)
+                self._reconnect()
+                continue
+            backoff = 1.0
+            now = time.monotonic()
+            if self.pending and (len(self.pending) >= ingest.max_batch or now - batch_started >= ingest.flush_interval_s):
+                self.flush()
+                batch_started = time.monotonic()
+            elif not self.pending:
+                batch_started = now
+            if self.output.stats().backlog_batches:
+                self.output.drain(max_batches=20)
+            if now >= next_metrics:
+                self.output.submit(self.reporter.site_lines(_now_ms()))
+                next_metrics = now + self.config.report.metrics_interval_s
+            if now >= next_stats:
+                self.output.submit([self._stats_line()])
+                next_stats = now + self.config.report.stats_interval_s
+            if now >= next_prune:
+                self.store.prune(self.config.state.keep_points, _now_ms() - SESSION_RETENTION_MS)
+                next_prune = now + PRUNE_INTERVAL_S
+        self.shutdown()
+
+    def flush(self) -> None:
+        """Account the pending messages, make the result durable, then acknowledge them."""
+        batch, self.pending = self.pending, []
+        now_ms = _now_ms()
+        for topic, payload, _mid, _qos in batch:
+            rejection = self.ingest.handle(topic, payload, now_ms)
+            if rejection:
+                self._dead_letter(topic, payload, rejection)
+        changed = self.book.take_dirty()
+        lines = self.ingest.take_lines() + self.reporter.accumulator_lines(changed)
+        if not self.output.submit(lines):
+            raise RuntimeError("neither InfluxDB nor the output spool accepted the batch; not acknowledging it")
+        self.store.save(self.book.take_new_points(), changed)
+        for _topic, _payload, mid, qos in batch:
+            if qos > 0:
+                self.client.ack(mid, qos)
+        self.stats["messages"] += len(batch)
+        self.stats["flushes"] += 1
+
+    def shutdown(self) -> None:
+        if self.pending:
+            self.flush()
+        self.output.submit(self.reporter.site_lines(_now_ms()))
+        self.output.drain(max_batches=1000)
+        self._pump_network(time.monotonic())
+        self.client.disconnect()
+        event(log, logging.INFO, "collector-stopped", messages=self.stats["messages"],
+              backlog_batches=self.output.stats().backlog_batches)
+        self.store.close()
+        self.output.close()
+
+    def _make_client(self) -> BufferedClient:
+        mqtt, ingest = self.config.mqtt, self.config.ingest
+        client = make_client(mqtt, ingest.client_id, persistent_session=True, client_class=BufferedClient)
+        client.manual_ack_set(True)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            self._log_limited("mqtt-connect-refused", logging.ERROR, reason=str(reason_code),
+                              action="check mqtt.username, mqtt.password and mqtt.tls against the broker")
+            return
+        group = self.config.ingest.shared_group
+        prefix = f"$share/{group}/" if group else ""
+        root = self.config.mqtt.topic_root
+        client.subscribe([(prefix + subscription(SAMPLES_CHANNEL, root), 1),
+                          (prefix + subscription(STATUS_CHANNEL, root), 1)])
+        self.connected.set()
+        event(log, logging.INFO, "mqtt-connected", session_present=bool(flags.session_present))
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self.connected.clear()
+        self._log_limited("mqtt-disconnected", logging.WARNING, reason=str(reason_code),
+                          action="none: the broker keeps this collector's session and queues messages meanwhile")
+
+    def _on_message(self, client, userdata, message: paho.MQTTMessage) -> None:
+        self.pending.append((message.topic, message.payload, message.mid, message.qos))
+
+    def _pump_network(self, batch_started: float) -> bool:
+        """One round of network I/O; False when the connection is down."""
+        sock = self.client.socket()
+        if sock is None:
+            return False
+        wait = max(0.0, self.config.ingest.flush_interval_s - (time.monotonic() - batch_started)) if self.pending else 0.1
+        readable, _, _ = select.select([sock], [sock] if self.client.want_write() else [], [], wait)
+        if readable:
+            code = self.client.loop_read(self.config.ingest.max_batch)
+            while code == paho.MQTT_ERR_SUCCESS and self.client.has_buffered_input() \
+                    and len(self.pending) < self.config.ingest.max_batch:
+                code = self.client.loop_read(self.config.ingest.max_batch)
+            if code != paho.MQTT_ERR_SUCCESS:
+                return False
+        if self.client.want_write() and self.client.loop_write() != paho.MQTT_ERR_SUCCESS:
+            return False
+        return self.client.loop_misc() == paho.MQTT_ERR_SUCCESS
+
+    def _reconnect(self) -> None:
+        try:
+            self.client.reconnect()
+        except OSError as exc:
+            self._log_limited("mqtt-unreachable", logging.WARNING, error=str(exc),
+                              broker=f"{self.config.mqtt.host}:{self.config.mqtt.port}",
+                              action="check that the broker runs; retrying with backoff")
+
+    def _dead_letter(self, topic: str, payload: bytes, rejection: Rejection) -> None:
+        self._log_limited(f"rejected:{rejection.reason}", logging.WARNING, reason=rejection.reason,
+                          detail=rejection.detail[:200], topic=topic, event_name="message-rejected",
+                          action="fix the sender; the message went to the dead-letter topic")
+        second = int(time.monotonic())
+        if second != self._dead_letter_second:
+            self._dead_letter_second, self._dead_letters_this_second = second, 0
+        if self._dead_letters_this_second >= self.config.ingest.dead_letter_per_s:
+            self.stats["dead_letters_dropped"] += 1
+            return
+        self._dead_letters_this_second += 1
+        body = {"reason": rejection.reason, "detail": rejection.detail, "topic": topic,
+                "payload": payload[:4096].decode("utf-8", errors="replace")}
+        self.client.publish(f"{self.config.mqtt.topic_root}/deadletter/{rejection.reason}", json.dumps(body), qos=0)
+
+    def _log_limited(self, key: str, level: int, event_name: str | None = None, **fields) -> None:
+        """Log a condition at most once a minute."""
+        now = time.monotonic()
+        if now - self._last_logged.get(key, -1e9) >= 60:
+            self._last_logged[key] = now
+            event(log, level, event_name or key, **fields)
+
+    def _stats_line(self) -> str:
+        out = self.output.stats()
+        fields = {
+            "messages": self.stats["messages"], "flushes": self.stats["flushes"],
+            "accepted": self.ingest.outcomes["messages"], "samples_new": self.ingest.outcomes["new"],
+            "duplicates": self.ingest.outcomes["duplicate"],
+            "refinements_ignored": self.ingest.outcomes["refinement-ignored"],
+            "rejected": sum(self.ingest.rejected.values()),
+            "dead_letters_dropped": self.stats["dead_letters_dropped"],
+            "backlog_batches": out.backlog_batches, "backlog_lines": out.backlog_lines,
+            "written_lines": out.written_lines, "failed_writes": out.failed_writes,
+            "write_latency_s": out.last_write_latency_s, "pending": len(self.pending),
+            **{f"rejected_{reason.replace('-', '_')}": count for reason, count in self.ingest.rejected.items()},
+        }
+        return line("collector_stats", {"collector": self.config.ingest.client_id}, fields, _now_ms())
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+

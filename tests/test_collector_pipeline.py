@@ -1,0 +1,158 @@
+"""The collector end to end: real mosquitto, real influxd 1.6.7 (v1 API, read back with InfluxQL).
+
+The site draws constant power (tests/site_stream.py): IT 500 W + 300 W = 800 W from two hosts' estimates,
+grid 900 W, PV 300 W behind the utility meter. Per 15-minute bin (0.25 h):
+  E_IT = 0.8 kW x 0.25 h = 0.2 kWh; E_facility = (0.9 + 0.3) x 0.25 = 0.3 kWh; PUE = 0.3 / 0.2 = 1.5
+  green = PV 0.075 kWh -> ratio 0.25; grid 0.225 kWh x 0.5271 (Central 2023) = 0.1185975 kg -> CUE 0.5929875
+  market: 0.225 x 0.6096 (national residual 2023) = 0.13716 kg -> CUE 0.6858
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import paho.mqtt.client as paho
+import pytest
+
+from collector.config import CollectorConfig
+from collector.service import Collector
+from collector.writers import InfluxV1Writer
+from common.mqtt import MqttConfig, make_client
+from tests.servers import Influxd, Mosquitto
+from tests.site_stream import BIN_MS, DEVICES, HOUR_MS, messages, write_site_config
+
+pytestmark = pytest.mark.servers
+
+
+@pytest.fixture
+def servers(tmp_path):
+    broker, influx = Mosquitto(tmp_path / "broker"), Influxd(tmp_path / "influxd")
+    broker.start()
+    influx.start()
+    db = InfluxV1Writer(influx.url, "dcem")
+    db.query("CREATE DATABASE dcem")
+    yield broker, influx, db
+    broker.stop()
+    influx.stop()
+
+
+def collector_config(tmp_path, broker, influx, **ingest) -> CollectorConfig:
+    return CollectorConfig.model_validate({
+        "site_config": str(write_site_config(tmp_path / "site")),
+        "mqtt": {"host": "127.0.0.1", "port": broker.port},
+        "influx": {"api": "v1", "url": influx.url, "database": "dcem"},
+        "state": {"folder": str(tmp_path / "state")},
+        "ingest": {"flush_interval_s": 0.05, **ingest},
+        "report": {"metrics_interval_s": 0.5},
+    })
+
+
+class RunningCollector:
+    def __init__(self, config: CollectorConfig):
+        self.collector = Collector(config)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.collector.run, args=(self.stop,), daemon=True)
+        self.thread.start()
+        assert self.collector.connected.wait(10)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(30)
+
+
+def publish_all(port: int, payloads: list[tuple[str, bytes]]) -> None:
+    client = make_client(MqttConfig(host="127.0.0.1", port=port), "test-publisher")
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    infos = [client.publish(topic, payload, qos=1) for topic, payload in payloads]
+    for info in infos:
+        info.wait_for_publish(10)
+    client.disconnect()
+    client.loop_stop()
+
+
+def rows(db: InfluxV1Writer, query: str) -> list[dict]:
+    result = db.query(query)["results"][0]
+    if "series" not in result:
+        return []
+    series = result["series"][0]
+    return [dict(zip(series["columns"], values)) for values in series["values"]]
+
+
+def wait_for(predicate, timeout_s: float = 20.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    return predicate()
+
+
+def half_hour_of_site_data(start_ms: int) -> list[tuple[str, bytes]]:
+    return [m for device in DEVICES for m in messages(device, f"session-{device.name}-1", start_ms, start_ms + 2 * BIN_MS)]
+
+
+def test_stored_pue_cue_and_green_ratio_equal_the_hand_computed_ones(tmp_path, servers):
+    broker, influx, db = servers
+    start = int(time.time() * 1000) // HOUR_MS * HOUR_MS - 2 * HOUR_MS
+    running = RunningCollector(collector_config(tmp_path, broker, influx))
+    try:
+        publish_all(broker.port, half_hour_of_site_data(start))
+        query = "SELECT * FROM site_metrics WHERE period='15m' AND pue_status='ok'"
+        found = wait_for(lambda: len(rows(db, query)) == 2 and rows(db, query))
+    finally:
+        running.close()
+    assert found, rows(db, "SELECT * FROM site_metrics")
+    for row in found:
+        assert row["time"] in (start, start + BIN_MS)
+        assert row["e_it_kwh"] == pytest.approx(0.2, rel=1e-12)
+        assert row["e_facility_kwh"] == pytest.approx(0.3, rel=1e-12)
+        assert row["pue"] == pytest.approx(1.5, rel=1e-12)
+        assert row["pue_category"] == "estimated"
+        assert row["green_ratio"] == pytest.approx(0.25, rel=1e-12)
+        assert row["cue_location"] == pytest.approx(0.5929875, rel=1e-12)
+        assert row["cue_market"] == pytest.approx(0.6858, rel=1e-12)
+        assert row["grid_factor_year"] == 2023 and row["grid_region"] == "central"
+    hour = rows(db, f"SELECT pue, coverage, bins_complete FROM site_metrics WHERE period='1h' AND time = {start}ms")
+    assert hour[0]["pue"] == pytest.approx(1.5) and hour[0]["bins_complete"] == 2 and hour[0]["coverage"] == 0.5
+    racks = rows(db, "SELECT energy_kwh, host_coverage FROM rack_energy")
+    assert [r["energy_kwh"] for r in racks] == [pytest.approx(0.2), pytest.approx(0.2)]
+    assert all(r["host_coverage"] == pytest.approx(1.0) for r in racks)
+    stats = rows(db, "SELECT last(accepted) AS accepted, last(rejected) AS rejected FROM collector_stats")
+    assert stats[0]["rejected"] == 0
+
+
+def test_bad_messages_are_rejected_by_reason_and_dead_lettered(tmp_path, servers):
+    broker, influx, db = servers
+    now = int(time.time() * 1000)
+    dead_letters: list[paho.MQTTMessage] = []
+    watcher = make_client(MqttConfig(host="127.0.0.1", port=broker.port), "dead-letter-watcher")
+    watcher.on_message = lambda c, u, m: dead_letters.append(m)
+    watcher.connect("127.0.0.1", broker.port)
+    watcher.subscribe("dcem/deadletter/#", qos=0)
+    watcher.loop_start()
+    running = RunningCollector(collector_config(tmp_path, broker, influx))
+    host = DEVICES[0]
+    good_topic, good_payload = messages(host, "session-good-1", now - 60_000, now - 60_000)[0]
+    bad = [
+        (good_topic, b"{not json"),
+        (good_topic, good_payload.replace(b'"power_w":500.0', b'"power_w":NaN')),
+        (good_topic, good_payload.replace(b'"power_w":500.0', b'"power_w":9e9')),
+        ("dcem/v1/nowhere/hall-a/r01/h01/samples", good_payload),
+        ("dcem/v1/dc1/hall-a/r01/h99/samples", good_payload),
+        (good_topic, messages(host, "session-future-1", now + 3_600_000, now + 3_600_000)[0][1]),
+    ]
+    try:
+        publish_all(broker.port, bad)
+        assert wait_for(lambda: len(dead_letters) == len(bad))
+        assert wait_for(lambda: sum(running.collector.ingest.rejected.values()) == len(bad))
+    finally:
+        running.close()
+        watcher.loop_stop()
+    assert dict(running.collector.ingest.rejected) == {
+        "malformed-json": 1, "not-finite": 1, "absurd-power": 1, "unknown-site": 1, "unknown-device": 1,
+        "future-timestamp": 1}
+    assert {m.topic.rsplit("/", 1)[1] for m in dead_letters} == set(running.collector.ingest.rejected)
+    assert rows(db, "SELECT * FROM host") == []

@@ -94,7 +94,7 @@ class Mosquitto(ServerProcess):
             "persistence true",
             f"persistence_location {folder}/",
             "autosave_interval 1",
-            "max_queued_messages 0",
+            "max_queued_messages 1000000",
             "log_type error",
             "log_type warning",
         ]

@@ -1,0 +1,162 @@
+"""Collector faults against real servers: InfluxDB down mid-run, the collector SIGKILLed and restarted while
+data keeps arriving, and the v2 write path into VictoriaMetrics. Afterwards every stored energy total and
+PUE is exact (see tests/test_collector_pipeline.py for the hand-computed figures)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+
+import pytest
+
+from tests.servers import Influxd, Mosquitto, VictoriaMetrics
+from tests.site_stream import BIN_MS, DEVICES, HOSTS, HOUR_MS, messages
+from collector.writers import InfluxV1Writer
+from tests.collector_harness import RunningCollector, collector_config, publish_all, rows, wait_for
+
+pytestmark = pytest.mark.servers
+
+
+def site_data(start_ms: int) -> list[tuple[str, bytes]]:
+    """Half an hour of the whole site, interleaved by time as devices would send it."""
+    per_device = [messages(d, f"session-{d.name}-1", start_ms, start_ms + 2 * BIN_MS) for d in DEVICES]
+    return [m for step in zip(*per_device) for m in step]
+
+
+def assert_exact(db, start: int) -> None:
+    bins = rows(db, "SELECT pue, e_it_kwh, e_facility_kwh FROM site_metrics WHERE period='15m'")
+    assert [b["time"] for b in bins] == [start, start + BIN_MS]
+    for b in bins:
+        assert b["pue"] == pytest.approx(1.5, rel=1e-12)
+        assert b["e_it_kwh"] == pytest.approx(0.2, rel=1e-12)
+        assert b["e_facility_kwh"] == pytest.approx(0.3, rel=1e-12)
+    racks = rows(db, "SELECT energy_kwh FROM rack_energy")
+    assert [r["energy_kwh"] for r in racks] == [pytest.approx(0.2, rel=1e-12)] * 2
+    raw = rows(db, "SELECT count(server_input_w) AS n FROM host GROUP BY host")
+    assert raw and raw[0]["n"] == 31  # one sample a minute for 30 minutes, both ends included
+
+
+@pytest.fixture
+def servers(tmp_path):
+    broker, influx = Mosquitto(tmp_path / "broker"), Influxd(tmp_path / "influxd")
+    broker.start()
+    influx.start()
+    db = InfluxV1Writer(influx.url, "dcem")
+    db.query("CREATE DATABASE dcem")
+    yield broker, influx, db
+    broker.stop()
+    influx.stop()
+
+
+def hour_ago() -> int:
+    return int(time.time() * 1000) // HOUR_MS * HOUR_MS - 2 * HOUR_MS
+
+
+def test_influxdb_down_mid_run_loses_nothing(tmp_path, servers):
+    broker, influx, db = servers
+    start = hour_ago()
+    data = site_data(start)
+    third = len(data) // 3
+    running = RunningCollector(collector_config(tmp_path, broker, influx))
+    try:
+        publish_all(broker.port, data[:third])
+        assert wait_for(lambda: running.collector.stats["messages"] >= third)
+        influx.stop()
+        publish_all(broker.port, data[third:2 * third])
+        assert wait_for(lambda: running.collector.output.stats().backlog_batches > 0)
+        influx.start()
+        publish_all(broker.port, data[2 * third:])
+        assert wait_for(lambda: running.collector.stats["messages"] >= len(data)
+                        and running.collector.output.stats().backlog_batches == 0, timeout_s=60)
+        assert wait_for(lambda: len(rows(db, "SELECT pue FROM site_metrics WHERE period='15m' AND pue_status='ok'")) == 2)
+    finally:
+        running.close()
+    assert_exact(db, start)
+
+
+def write_toml(config, path) -> None:
+    path.write_text(f"""
+site_config = "{config.site_config}"
+[mqtt]
+host = "127.0.0.1"
+port = {config.mqtt.port}
+[influx]
+api = "v1"
+url = "{config.influx.url}"
+database = "dcem"
+[state]
+folder = "{config.state.folder}"
+[ingest]
+flush_interval_s = 0.05
+[report]
+metrics_interval_s = 0.5
+""")
+
+
+def test_collector_killed_and_restarted_while_agents_publish_counts_everything_once(tmp_path, servers):
+    broker, influx, db = servers
+    start = hour_ago()
+    data = site_data(start)
+    config_path = tmp_path / "collector.toml"
+    write_toml(collector_config(tmp_path, broker, influx), config_path)
+    command = [sys.executable, "-m", "collector.cli", "--config", str(config_path)]
+    first = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    for log_line in first.stderr:  # its session (and subscription) exists from here on
+        if "event=mqtt-connected" in log_line:
+            break
+
+    publisher = threading.Thread(target=lambda: [publish_all(broker.port, data[i:i + 8]) or time.sleep(0.05)
+                                                 for i in range(0, len(data), 8)])
+    publisher.start()
+    time.sleep(0.6)
+    first.kill()  # SIGKILL mid-stream: whatever it had not acknowledged, the broker sends again
+    first.wait()
+    publisher.join(60)
+    second = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        ok = wait_for(lambda: len(rows(db, "SELECT pue FROM site_metrics WHERE period='15m' AND pue_status='ok'")) == 2
+                      and rows(db, "SELECT count(server_input_w) AS n FROM host")[0]["n"] == 31 * len(HOSTS),
+                      timeout_s=60)
+        time.sleep(1.0)  # a last metrics round after the final messages
+    finally:
+        second.terminate()
+        second.wait(30)
+    assert ok, (rows(db, "SELECT pue_status, e_it_kwh FROM site_metrics WHERE period='15m' AND e_it_kwh > 0"),
+                [rows(db, f"SELECT count(server_input_w) AS n FROM host WHERE host='{h.name}'") for h in HOSTS],
+                rows(db, "SELECT * FROM meter_energy"), rows(db, "SELECT * FROM rack_energy"))
+    assert_exact(db, start)
+
+
+def test_v2_write_path_into_victoria_metrics(tmp_path):
+    broker, vm = Mosquitto(tmp_path / "broker"), VictoriaMetrics(tmp_path / "vm")
+    broker.start()
+    vm.start()
+    try:
+        config = collector_config(tmp_path, broker, vm)
+        config = config.model_copy(update={"influx": config.influx.model_validate(
+            {"api": "v2", "url": vm.url, "org": "dc", "bucket": "dcem", "token": "unused-by-victoria-metrics"})})
+        running = RunningCollector(config)
+        start = hour_ago()
+        try:
+            publish_all(broker.port, site_data(start))
+
+            def exported():
+                vm.force_flush()
+                query = urllib.parse.urlencode({"match[]": 'site_metrics_pue{period="15m"}'})
+                with urllib.request.urlopen(f"{vm.url}/api/v1/export?{query}", timeout=5) as response:
+                    return [json.loads(text) for text in response.read().decode().splitlines()]
+
+            series = wait_for(lambda: (s := exported()) and len(s[0]["values"]) == 2 and s)
+        finally:
+            running.close()
+        assert series[0]["metric"]["site"] == "dc1"
+        assert series[0]["timestamps"] == [start, start + BIN_MS]
+        assert series[0]["values"] == [pytest.approx(1.5, rel=1e-11)] * 2
+    finally:
+        broker.stop()
+        vm.stop()

@@ -9,6 +9,7 @@ expected meter (silent ones with coverage 0) and every expected host.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -57,18 +58,17 @@ class EnergyBook:
 
     def add_host_point(self, host: HostInfo, point: Point, utilisation: Utilisation | None) -> str:
         """Account one host server-input point. Returns 'new', 'duplicate' or 'refinement-ignored'."""
-        outcome, counted = self._account(
+        outcome = self._account(
             ("host", host.site, host.room, host.rack, host.device), point,
             lambda start: (("rack", host.site, host.room, host.rack, start), ("hosts", host.site, start)))
-        if counted and utilisation is not None:
+        if outcome == "new" and utilisation is not None:
             self._add_utilisation(host, point.ts_ms, utilisation)
         return outcome
 
     def add_meter_point(self, meter: MeterInfo, point: Point) -> str:
         """Account one meter point. Returns 'new', 'duplicate' or 'refinement-ignored'."""
-        outcome, _counted = self._account(("meter", meter.site, meter.device), point,
-                                          lambda start: (("meter", meter.site, meter.device, start),))
-        return outcome
+        return self._account(("meter", meter.site, meter.device), point,
+                             lambda start: (("meter", meter.site, meter.device, start),))
 
     def restore_point(self, stream: tuple, point: Point) -> None:
         """Put back a point saved earlier, without contributing again (its contributions are saved too)."""
@@ -78,14 +78,16 @@ class EnergyBook:
         self.accumulators[key] = Accumulator(*row)
         self._index_bin(key)
 
-    def previous_energy(self, stream: tuple, session: str, seq: int) -> float | None:
-        """The energy of the nearest known earlier point of the same session (for 'counter went back')."""
+    def energy_bounds(self, stream: tuple, session: str, seq: int) -> tuple[float | None, float | None]:
+        """The counters of the nearest known points before and after seq in its session: a new point's
+        counter must lie between them, or the counter went backwards somewhere."""
         state = self.streams.get(stream)
-        kept = state.sessions.get(session) if state else None
-        if not kept:
-            return None
-        earlier = [p for p in kept if p.seq < seq]
-        return earlier[-1].energy_j if earlier else None
+        kept = state.sessions.get(session, []) if state else []
+        index = bisect.bisect_left(kept, seq, key=lambda p: p.seq)
+        earlier = kept[index - 1].energy_j if index > 0 else None
+        later_index = index + 1 if index < len(kept) and kept[index].seq == seq else index
+        later = kept[later_index].energy_j if later_index < len(kept) else None
+        return earlier, later
 
     def take_dirty(self) -> dict[AccumulatorKey, Accumulator]:
         """The accumulators changed since the last call, and forget that they were."""
@@ -132,19 +134,18 @@ class EnergyBook:
             state = self.streams[stream] = StreamState(keep=self.keep_points)
         return state
 
-    def _account(self, stream: tuple, point: Point, keys_for) -> tuple[str, bool]:
-        """(outcome, whether the point counted energy: not a session's first point, not a duplicate)."""
+    def _account(self, stream: tuple, point: Point, keys_for) -> str:
         state = self._stream(stream)
         contributions = state.add(point)
         if contributions is None:
-            return "duplicate", False
+            return "duplicate"
         if not contributions and point not in state.sessions[point.session]:
-            return "refinement-ignored", False
+            return "refinement-ignored"
         self.new_points.append((stream, point))
         for start, joules, covered in contributions:
             for key in keys_for(start):
                 self._add(key, joules, covered)
-        return "new", bool(contributions)
+        return "new"
 
     def _add(self, key: AccumulatorKey, joules: float, covered_ms: float) -> None:
         acc = self._accumulator(key)

@@ -121,11 +121,11 @@ class Ingest:
                     raise ContractError("absurd-power", f"seq {sample.seq} {reading.component} {reading.id}: "
                                                         f"{reading.power_w:g} W > {limit:g} W")
             energy = _energy_reading(sample, device).energy_j
-            known = self.book.previous_energy(stream, batch.session, sample.seq)
-            floor = max((x for x in (previous, known) if x is not None), default=None)
-            if floor is not None and energy < floor:
-                raise ContractError("counter-backwards", f"seq {sample.seq}: {energy:g} J after {floor:g} J "
-                                                         f"in session {batch.session}")
+            known_before, known_after = self.book.energy_bounds(stream, batch.session, sample.seq)
+            floor = max((x for x in (previous, known_before) if x is not None), default=None)
+            if (floor is not None and energy < floor) or (known_after is not None and energy > known_after):
+                raise ContractError("counter-backwards", f"seq {sample.seq}: {energy:g} J does not fit between "
+                                                         f"{floor} J and {known_after} J in session {batch.session}")
             previous = energy
 
     def _accept_host(self, batch: SampleBatch, host: HostInfo) -> None:

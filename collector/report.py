@@ -121,7 +121,7 @@ def periods_of_bin(start: int, now_ms: int, zone: str) -> list[Period]:
     candidates = [
         ("15m", start, start + BIN_MS),
         ("1h", hour, hour + HOUR_MS),
-        ("1d", _ms(day), _ms(day + pd.Timedelta(days=1))),
+        ("1d", _ms(day), _ms(day + pd.DateOffset(days=1))),
         ("mtd", _ms(day.replace(day=1)), _ms(day.replace(day=1) + pd.DateOffset(months=1))),
     ]
     return [(label, begin, min(end, end_of_data)) for label, begin, end in candidates]

@@ -1,0 +1,264 @@
+"""The collector's durable state (collector/state.py): what is saved and restored reproduces the book exactly, so
+a restarted collector neither double counts redelivered points nor loses what it had; pruning keeps what the
+book keeps (each session's earliest and newest `keep` points) and forgets sessions silent since the cut-off.
+
+Site: tests/site_stream.py. T is a bin start (2026-03-02T00:00Z).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime, timezone
+
+import pytest
+import yaml
+
+from collector.accounting import BIN_MS, Point
+from collector.book import EnergyBook, Utilisation
+from collector.site import SiteConfig, SiteIndex
+from collector.state import StateStore
+from tests.site_stream import SITE_YAML
+
+MIN = 60_000
+T = int(datetime(2026, 3, 2, tzinfo=timezone.utc).timestamp() * 1000)
+INDEX = SiteIndex(SiteConfig.model_validate(yaml.safe_load(SITE_YAML)))
+H01 = INDEX.host("dc1", "hall-a", "r01", "h01")
+H02 = INDEX.host("dc1", "hall-a", "r01", "h02")
+UTILITY = INDEX.meter("dc1", "facility", "main", "utility-1")
+H01_STREAM = ("host", "dc1", "hall-a", "r01", "h01")
+UTILITY_STREAM = ("meter", "dc1", "utility-1")
+KEEP = 4
+
+
+def h01_point(seq: int, session: str = "s-h01-a") -> Point:
+    return Point(session, seq, T + seq * 2 * MIN, seq * 60_000.0)  # 500 W, every 2 min
+
+
+def rows(book: EnergyBook) -> dict:
+    return {key: acc.as_row() for key, acc in book.accumulators.items()}
+
+
+def stream_states(book: EnergyBook) -> dict:
+    return {stream: (state.sessions, state.earliest) for stream, state in book.streams.items()}
+
+
+def flush(book: EnergyBook, store: StateStore) -> None:
+    """What the service does after each batch: the new points and the changed accumulators, in one transaction."""
+    store.save(book.take_new_points(), book.take_dirty())
+
+
+def busy_book(store: StateStore) -> EnergyBook:
+    """h01: 12 points (2 sessions), h02: 4, utility-1: 5 with one late; saved over three flushes."""
+    book = EnergyBook(INDEX, keep_points=KEEP)
+    util = Utilisation(cpu=0.25, gpu=0.75, seconds=120.0)
+    for seq in range(6):
+        book.add_host_point(H01, h01_point(seq), util)
+    for seq in range(4):
+        book.add_host_point(H02, Point("s-h02-a", seq, T + seq * 5 * MIN, seq * 90_000.0), None)
+    flush(book, store)
+    for seq in range(6, 10):
+        book.add_host_point(H01, h01_point(seq), util)
+    for seq in (0, 1, 4, 3):  # seq 3 arrives late and splits 1-4
+        book.add_meter_point(UTILITY, Point("s-utility-a", seq, T + seq * 10 * MIN, seq * 540_000.0))
+    flush(book, store)
+    book.add_host_point(H01, h01_point(0, "s-h01-b"), util)  # agent restarted
+    book.add_host_point(H01, Point("s-h01-b", 1, T + 21 * MIN, 30_000.0), util)
+    book.add_meter_point(UTILITY, Point("s-utility-a", 2, T + 20 * MIN, 1_080_000.0))  # late again
+    flush(book, store)
+    return book
+
+
+def restored(path, keep: int = KEEP, index: SiteIndex = INDEX) -> tuple[EnergyBook, tuple[int, int]]:
+    store = StateStore(path)
+    book = EnergyBook(index, keep_points=keep)
+    counts = store.load_into(book)
+    store.close()
+    return book, counts
+
+
+def test_save_then_load_reproduces_the_accumulators_and_the_kept_points_exactly(tmp_path):
+    store = StateStore(tmp_path / "state.db")
+    book = busy_book(store)
+    store.close()
+    again, (points, accumulators) = restored(tmp_path / "state.db")
+    # every point saved: h01 10 + 2, h02 4, utility 5
+    assert points == 21
+    assert accumulators == len(book.accumulators)
+    assert rows(again) == rows(book)  # exactly: REAL columns hold the same doubles
+    assert stream_states(again) == stream_states(book)
+    assert again.bins_by_site == book.bins_by_site
+    assert again.take_dirty() == {} and again.take_new_points() == []
+
+
+@pytest.mark.parametrize(("stream", "point"), [
+    ("host", h01_point(9)),  # the newest of a session
+    ("host", h01_point(6)),  # one kept in memory
+    ("host", h01_point(0)),  # the earliest, kept beside the newest
+    ("host", h01_point(0, "s-h01-b")),  # the first point of the newer session
+    ("meter", Point("s-utility-a", 3, T + 30 * MIN, 1_620_000.0)),  # a point that had arrived late
+], ids=["newest", "kept", "earliest", "first-of-session", "late-meter-point"])
+def test_a_restored_book_recognises_a_resent_point_as_duplicate(tmp_path, stream, point):
+    store = StateStore(tmp_path / "state.db")
+    busy_book(store)
+    store.close()
+    again, _ = restored(tmp_path / "state.db")
+    before = rows(again)
+    if stream == "host":
+        outcome = again.add_host_point(H01, point, Utilisation(cpu=1.0, gpu=None, seconds=120.0))
+    else:
+        outcome = again.add_meter_point(UTILITY, point)
+    assert outcome == "duplicate"
+    assert rows(again) == before  # no double counting after a restart
+
+
+def test_a_restored_book_ignores_a_point_older_than_the_kept_ones(tmp_path):
+    store = StateStore(tmp_path / "state.db")
+    busy_book(store)
+    store.close()
+    again, _ = restored(tmp_path / "state.db")
+    before = rows(again)
+    # keep 4: session s-h01-a keeps seqs 6..9 and its earliest, 0; seq 3 falls among the dropped ones
+    assert [p.seq for p in again.streams[H01_STREAM].sessions["s-h01-a"]] == [6, 7, 8, 9]
+    assert again.add_host_point(H01, h01_point(3), None) == "refinement-ignored"
+    assert rows(again) == before
+
+
+def test_a_restored_book_goes_on_counting_as_the_original_would(tmp_path):
+    store = StateStore(tmp_path / "state.db")
+    book = busy_book(store)
+    store.close()
+    again, _ = restored(tmp_path / "state.db")
+    for b in (book, again):
+        assert b.add_host_point(H01, h01_point(10), None) == "new"  # 18-20 min: 60 000 J, half in bin T+15
+        assert b.add_meter_point(UTILITY, Point("s-utility-a", 5, T + 50 * MIN, 2_700_000.0)) == "new"
+    assert rows(again) == rows(book)
+
+
+def test_saving_an_accumulator_again_replaces_its_value(tmp_path):
+    store = StateStore(tmp_path / "state.db")
+    book = EnergyBook(INDEX)
+    book.add_meter_point(UTILITY, Point("s-utility-a", 0, T, 0.0))
+    book.add_meter_point(UTILITY, Point("s-utility-a", 1, T + 5 * MIN, 270_000.0))
+    flush(book, store)
+    book.add_meter_point(UTILITY, Point("s-utility-a", 2, T + 10 * MIN, 540_000.0))
+    flush(book, store)
+    store.close()
+    again, (points, accumulators) = restored(tmp_path / "state.db")
+    assert (points, accumulators) == (3, 1)
+    # 0-10 min at 900 W = 540 000 J over 600 000 ms
+    assert again.accumulators[("meter", "dc1", "utility-1", T)].as_row()[:2] == (540_000.0, 600_000.0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# prune
+# ---------------------------------------------------------------------------------------------------------------
+
+def saved_points(path) -> dict[tuple[str, str], list[int]]:
+    db = sqlite3.connect(path)
+    try:
+        found: dict[tuple[str, str], list[int]] = {}
+        for stream, session, seq in db.execute("SELECT stream, session, seq FROM points ORDER BY stream, session, seq"):
+            found.setdefault((stream.split("\x1f")[-1], session), []).append(seq)
+        return found
+    finally:
+        db.close()
+
+
+def test_prune_keeps_each_session_s_earliest_and_newest_points_and_drops_silent_sessions(tmp_path):
+    path = tmp_path / "state.db"
+    store = StateStore(path)
+    book = EnergyBook(INDEX, keep_points=3)
+    for seq in range(10):  # recent: T .. T+18 min
+        book.add_host_point(H01, h01_point(seq), None)
+    for seq in range(5):  # h02, a session that ended at T-2 days
+        book.add_host_point(H02, Point("s-h02-old", seq, T - 2 * 86_400_000 - (4 - seq) * MIN, seq * 1.0), None)
+    for seq in range(2):  # h01, an older session of the same stream, silent since T-1 day - 1 ms
+        book.add_host_point(H01, Point("s-h01-old", seq, T - 86_400_000 - 1 - (1 - seq) * MIN, seq * 1.0), None)
+    flush(book, store)
+    accumulators_before = len(book.accumulators)
+    # keep 3: s-h01-a loses seqs 1..6 (6 rows); the two old sessions (5 + 2 rows) are dropped: 13 in all
+    assert store.prune(keep=3, sessions_older_than_ms=T - 86_400_000) == 13
+    store.close()
+    assert saved_points(path) == {("h01", "s-h01-a"): [0, 7, 8, 9]}
+    again, (points, accumulators) = restored(path, keep=3)
+    assert (points, accumulators) == (4, accumulators_before)  # accumulators are never pruned
+    assert rows(again) == rows(book)
+
+
+def test_a_session_newer_than_the_cut_off_is_kept_whole_up_to_keep(tmp_path):
+    path = tmp_path / "state.db"
+    store = StateStore(path)
+    book = EnergyBook(INDEX, keep_points=3)
+    for seq in range(4):  # earliest + newest 3 = all 4
+        book.add_host_point(H01, h01_point(seq), None)
+    flush(book, store)
+    # the session's newest point is at T+6 min: exactly at the cut-off is not older than it
+    assert store.prune(keep=3, sessions_older_than_ms=T + 6 * MIN) == 0
+    assert store.prune(keep=3, sessions_older_than_ms=T + 6 * MIN + 1) == 4
+    store.close()
+    assert saved_points(path) == {}
+
+
+def test_a_book_restored_after_pruning_keeps_what_the_original_kept(tmp_path):
+    path = tmp_path / "state.db"
+    store = StateStore(path)
+    book = EnergyBook(INDEX, keep_points=3)
+    for seq in (0, 1, 2, 3, 4, 5, 6, 7):
+        book.add_host_point(H01, h01_point(seq + 2), None)
+    flush(book, store)
+    book.add_host_point(H01, h01_point(0), None)  # older than the earliest: counted, becomes the earliest
+    book.add_host_point(H01, h01_point(1), None)  # then among dropped points: ignored, not saved
+    flush(book, store)
+    store.prune(keep=3, sessions_older_than_ms=0)
+    store.close()
+    assert saved_points(path) == {("h01", "s-h01-a"): [0, 7, 8, 9]}
+    again, _ = restored(path, keep=3)
+    assert stream_states(again) == stream_states(book)
+    assert rows(again) == rows(book)
+    assert again.add_host_point(H01, h01_point(1), None) == "refinement-ignored"
+    assert again.add_host_point(H01, h01_point(0), None) == "duplicate"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Names that look like numbers
+# ---------------------------------------------------------------------------------------------------------------
+
+NUMERIC_YAML = """
+sites:
+  - id: "0042"
+    name: "Numbered site"
+    grid_region: central
+    rooms:
+      - id: "10"
+        racks:
+          - id: "01"
+            hosts: ["01", "007"]
+    meters:
+      - id: "1e3"
+        role: facility-input
+        source: grid
+"""
+
+
+def test_names_that_look_like_numbers_survive_the_round_trip_as_strings(tmp_path):
+    index = SiteIndex(SiteConfig.model_validate(yaml.safe_load(NUMERIC_YAML)))
+    host = index.host("0042", "10", "01", "01")
+    meter = index.meter("0042", "facility", "main", "1e3")
+    assert host is not None and meter is not None
+    store = StateStore(tmp_path / "state.db")
+    book = EnergyBook(index)
+    for seq in range(3):
+        book.add_host_point(host, Point("00000001", seq, T + seq * 10 * MIN, seq * 300_000.0), None)
+        book.add_meter_point(meter, Point("00000002", seq, T + seq * 10 * MIN, seq * 540_000.0))
+    flush(book, store)
+    store.close()
+    again, _ = restored(tmp_path / "state.db", keep=16, index=index)
+    assert rows(again) == rows(book)
+    assert set(again.streams) == {("host", "0042", "10", "01", "01"), ("meter", "0042", "1e3")}
+    for key in again.accumulators:
+        assert all(isinstance(part, str) for part in key[:-1]) and isinstance(key[-1], int), key
+    assert ("rack", "0042", "10", "01", T + BIN_MS) in again.accumulators
+    assert again.site_bin_starts("0042", T, T + 2 * BIN_MS) == [T, T + BIN_MS]
+    assert again.add_host_point(host, Point("00000001", 2, T + 20 * MIN, 600_000.0), None) == "duplicate"
+    assert again.add_meter_point(meter, Point("00000002", 1, T + 10 * MIN, 540_000.0)) == "duplicate"
+    assert {session for state in again.streams.values() for session in state.sessions} == {"00000001", "00000002"}

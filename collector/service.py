@@ -180,6 +180,8 @@ class Collector:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.connected.clear()
+        if reason_code == 0:  # we asked for it
+            return
         self._log_limited("mqtt-disconnected", logging.WARNING, reason=str(reason_code),
                           action="none: the broker keeps this collector's session and queues messages meanwhile")
 

@@ -117,6 +117,8 @@ class SpoolPublisher:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.connected.clear()
+        if reason_code == 0:  # we asked for it
+            return
         if self._once.first("disconnected"):
             event(log, logging.WARNING, "mqtt-disconnected", reason=str(reason_code),
                   action="none: samples stay in the spool and are sent on reconnect")

@@ -58,8 +58,10 @@ class CpuModelSensor:
         self._last_s: float | None = None
 
     def read(self, now_s: float) -> list[Reading]:
-        power_w = cpu_model_power_w(self._host.last_util, self._tdp_w, self._sockets, self._idle_fraction)
+        """Like a counter, the first read only starts the count: no interval yet, so no power."""
+        power_w = None
         if self._last_s is not None:
+            power_w = cpu_model_power_w(self._host.last_util, self._tdp_w, self._sockets, self._idle_fraction)
             self._energy_j += integrate_power_j(power_w, now_s - self._last_s)
         self._last_s = now_s
         return [Reading(component=Component.CPU_PACKAGE, id="cpu-model", method=Method.MODEL,

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup(config.log.level, config.log.format)
     host = HostStatsReader()
     try:
-        sensors = open_sensors(config, host)
+        sensors, unavailable = open_sensors(config, host)
     except ValueError as exc:
         print(f"dcem-agent: {exc}", file=sys.stderr)
         return 2
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.event(log, logging.INFO, "agent-started", version=__version__, topic=publisher.samples_topic,
                broker=f"{config.mqtt.host}:{config.mqtt.port}", spool=str(spool.path), spool_depth=spool.depth)
     runner = AgentRunner(sampler, spool, publisher, config.sampling.interval_s, config.sampling.publish_interval_s,
-                         on_sample=_print_sample if args.stdout else None)
+                         on_sample=_print_sample if args.stdout else None, unavailable_sensors=unavailable)
     try:
         runner.run(stop, max_samples=args.count)
     finally:

@@ -25,13 +25,15 @@ SHUTDOWN_FLUSH_S = 5.0
 class AgentRunner:
     def __init__(self, sampler: Sampler, spool: Spool, publisher: SpoolPublisher | None,
                  interval_s: float, publish_interval_s: float,
-                 on_sample: Callable[[Sample], None] | None = None):
+                 on_sample: Callable[[Sample], None] | None = None,
+                 unavailable_sensors: dict[str, str] | None = None):
         self.sampler = sampler
         self.spool = spool
         self.publisher = publisher
         self.interval_s = interval_s
         self.publish_interval_s = publish_interval_s
         self.on_sample = on_sample
+        self.unavailable_sensors = dict(unavailable_sensors or {})
         self.samples_taken = 0
         self._process = psutil.Process()
 
@@ -63,7 +65,7 @@ class AgentRunner:
             session=self.sampler.session,
             ts_ms=int(time.time() * 1000),
             version=__version__,
-            sensors={sensor.name: sensor.state for sensor in self.sampler.sensors},
+            sensors={**self.unavailable_sensors, **{sensor.name: sensor.state for sensor in self.sampler.sensors}},
             overhead=Overhead(cpu_seconds=cpu.user + cpu.system, rss_bytes=self._process.memory_info().rss,
                               spool_depth=self.spool.depth, spool_dropped=self.spool.dropped),
         )

@@ -91,11 +91,14 @@ class Sampler:
         return sample
 
     def _server_reading(self, readings: list[Reading], elapsed_s: float | None) -> Reading:
-        parts = components_for_server(readings)
-        if elapsed_s is None or any(r.power_w is None for r in parts if r.state == "ok"):
+        """The server input estimate over the interval, from the components that report power in it (a
+        component with none, such as a lost GPU or one whose counter just started, adds nothing)."""
+        if elapsed_s is None:
             return Reading(component=Component.SERVER_INPUT, id=SERVER_READING_ID, method=Method.MODEL,
                            energy_j=self._server_energy_j)
-        power_w = server_input_w(sum(r.power_w or 0.0 for r in parts), self._overhead_w, self._psu_efficiency)
+        parts = components_for_server(readings)
+        power_w = server_input_w(sum(r.power_w for r in parts if r.power_w is not None), self._overhead_w,
+                                 self._psu_efficiency)
         self._server_energy_j += integrate_power_j(power_w, elapsed_s)
         return Reading(component=Component.SERVER_INPUT, id=SERVER_READING_ID, method=Method.MODEL,
                        power_w=power_w, energy_j=self._server_energy_j)

@@ -99,6 +99,25 @@ class EnergyBook:
         points, self.new_points = self.new_points, []
         return points
 
+    def forget(self, sessions_before_ms: int, rack_bins_before_ms: int, site_bins_before_ms: int) -> int:
+        """Drop what can no longer change: sessions silent since sessions_before_ms, rack bins older than
+        rack_bins_before_ms and site (hosts and meter) bins older than site_bins_before_ms. Returns how
+        many entries went. The cut-offs must lie before anything the collector still accepts, or a late
+        message would rebuild a bin from a part of its energy."""
+        dropped = 0
+        for stream in list(self.streams):
+            dropped += self.streams[stream].forget_sessions_before(sessions_before_ms)
+            if not self.streams[stream].sessions:
+                del self.streams[stream]
+        for key in [k for k in self.accumulators
+                    if k[-1] < (rack_bins_before_ms if k[0] == "rack" else site_bins_before_ms)]:
+            del self.accumulators[key]
+            self.dirty.discard(key)
+            if key[0] != "rack":
+                self.bins_by_site.get(key[1], set()).discard(key[-1])
+            dropped += 1
+        return dropped
+
     def site_bin(self, site: str, start_ms: int) -> SiteBin:
         """Everything accounted for one site in one bin, as the metrics module takes it."""
         energy: dict[tuple, float] = {}

@@ -21,8 +21,8 @@ class IngestConfig(_Section):
     client_id: str = Field(default="dcem-collector", pattern=r"^[A-Za-z0-9_.\-]{1,64}$",
                            description="fixed, so the broker keeps this collector's session while it is away")
     session_expiry_s: int = Field(default=7 * 86400, ge=60, description="how long the broker queues for us")
-    shared_group: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_\-]{1,64}$",
-                                     description="MQTT 5 shared subscription group, to split the load")
+    sites: list[str] | None = Field(default=None, min_length=1,
+                                    description="subscribe to these sites only (per-site partitioning); all if unset")
     max_batch: int = Field(default=5000, ge=1, description="messages handled per flush at most")
     flush_interval_s: float = Field(default=0.2, gt=0, le=10, description="longest wait before a flush")
     raw_resolution_s: float = Field(default=10.0, ge=0.001, description="raw readings kept per device")

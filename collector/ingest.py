@@ -30,8 +30,6 @@ from common.contract import (
     parse_topic,
 )
 
-_CPU = (Component.CPU_PACKAGE, Component.PSYS)
-
 
 @dataclass(frozen=True)
 class Limits:
@@ -62,13 +60,21 @@ class Ingest:
         self.lines: list[str] = []
         self._last_raw_ms: dict[tuple, int] = {}
 
-    def handle(self, topic: str, payload: bytes, now_ms: int) -> Rejection | None:
-        """Account one message; None when accepted, else why not."""
+    def handle(self, topic: str, payload: bytes, now_ms: int, retained: bool = False) -> Rejection | None:
+        """Account one message; None when accepted, else why not.
+
+        A retained status is the broker replaying a device's last known state on (re)subscribe: it is
+        checked but not written again.
+        """
         try:
             identity, channel = parse_topic(topic, self.topic_root)
             if channel == STATUS_CHANNEL:
                 self._known(identity)
-                self.lines.append(_status_line(identity, decode_status(payload), now_ms))
+                status = decode_status(payload)
+                if status.ts_ms is not None:
+                    self._check_time(status.ts_ms, now_ms, "status")
+                if not retained:
+                    self.lines.append(_status_line(identity, status, now_ms))
                 return None
             if channel != SAMPLES_CHANNEL:
                 raise ContractError("bad-topic", f"unknown channel {channel!r}")
@@ -110,11 +116,7 @@ class Ingest:
         stream = _stream_of(device)
         previous: float | None = None
         for sample in sorted(batch.samples, key=lambda s: s.seq):
-            if sample.ts_ms > now_ms + self.limits.max_future_s * 1000:
-                raise ContractError("future-timestamp", f"seq {sample.seq} at {sample.ts_ms} is "
-                                                        f"{(sample.ts_ms - now_ms) / 1000:.0f} s ahead of the collector")
-            if sample.ts_ms < now_ms - self.limits.max_age_s * 1000:
-                raise ContractError("too-old", f"seq {sample.seq} is {(now_ms - sample.ts_ms) / 86_400_000:.1f} days old")
+            self._check_time(sample.ts_ms, now_ms, f"seq {sample.seq}")
             limit = self.limits.max_meter_w if isinstance(device, MeterInfo) else self.limits.max_host_reading_w
             for reading in sample.readings:
                 if reading.power_w is not None and reading.power_w > limit:
@@ -127,6 +129,13 @@ class Ingest:
                 raise ContractError("counter-backwards", f"seq {sample.seq}: {energy:g} J does not fit between "
                                                          f"{floor} J and {known_after} J in session {batch.session}")
             previous = energy
+
+    def _check_time(self, ts_ms: int, now_ms: int, what: str) -> None:
+        if ts_ms > now_ms + self.limits.max_future_s * 1000:
+            raise ContractError("future-timestamp", f"{what} at {ts_ms} is {(ts_ms - now_ms) / 1000:.0f} s ahead "
+                                                    "of the collector's clock")
+        if ts_ms < now_ms - self.limits.max_age_s * 1000:
+            raise ContractError("too-old", f"{what} is {(now_ms - ts_ms) / 86_400_000:.1f} days old")
 
     def _accept_host(self, batch: SampleBatch, host: HostInfo) -> None:
         for sample in batch.samples:
@@ -182,7 +191,8 @@ def _utilisation(sample: Sample) -> Utilisation | None:
 
 def _host_lines(host: HostInfo, sample: Sample, server: Reading) -> list[str]:
     tags = {"site": host.site, "room": host.room, "rack": host.rack, "host": host.device}
-    cpu = [r for r in sample.readings if r.component in _CPU]
+    packages = [r for r in sample.readings if r.component == Component.CPU_PACKAGE]
+    cpu = packages or [r for r in sample.readings if r.component == Component.PSYS]
     gpus = [r for r in sample.readings if r.component == Component.GPU]
     fields = {
         "server_input_w": server.power_w,
@@ -194,7 +204,7 @@ def _host_lines(host: HostInfo, sample: Sample, server: Reading) -> list[str]:
         "gpus": len(gpus) or None,
         "gpus_lost": sum(r.state == "lost" for r in gpus) or None,
     }
-    lines = [line("host", tags, fields, sample.ts_ms)]
+    lines = [line("host", tags, fields, sample.ts_ms)] if any(v is not None for v in fields.values()) else []
     for gpu in gpus:
         lines.append(line("gpu", {**tags, "gpu": gpu.id}, {
             "power_w": gpu.power_w, "power_avg_w": gpu.power_avg_w, "power_instant_w": gpu.power_instant_w,

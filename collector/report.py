@@ -55,6 +55,10 @@ class Reporter:
                 self._bins.pop((key[1], key[-1]), None)
         return [text for key, acc in changed.items() if (text := self._accumulator_line(key, acc))]
 
+    def touch(self, site_id: str, bin_starts: Iterable[int]) -> None:
+        """Have the next site_lines recompute the periods of these bins (after a restart, for instance)."""
+        self._touched.setdefault(site_id, set()).update(bin_starts)
+
     def site_lines(self, now_ms: int) -> list[str]:
         """Site metrics for the standard periods at now_ms and every period the changed bins belong to."""
         lines = []
@@ -132,11 +136,13 @@ def metrics_line(site_id: str, m: SiteMetrics) -> str:
     fields = {
         "pue": m.pue, "pue_status": m.pue_status, "pue_category": str(m.pue_category) if m.pue_category else None,
         "e_facility_kwh": m.e_facility_kwh, "e_it_kwh": m.e_it_kwh, "green_kwh": m.green_kwh,
-        "green_ratio": m.green_ratio, "green_ratio_metered": m.green_ratio_metered, "green_status": m.green_status,
+        "green_ratio": m.green_ratio, "green_ratio_metered": m.green_ratio_metered,
+        "green_ratio_onsite": m.green_ratio_onsite, "green_status": m.green_status,
         "green_unclaimed_kwh": m.green_unclaimed_kwh, "carbon_location_kg": m.carbon_location_kg,
         "carbon_market_kg": m.carbon_market_kg, "cue_location": m.cue_location, "cue_market": m.cue_market,
         "coverage": m.coverage, "facility_coverage": m.facility_coverage, "bins_total": m.bins_total,
-        "bins_complete": m.bins_complete, "host_coverage": m.host_coverage, "cpu_util": m.cpu_util,
+        "bins_complete": m.bins_complete,
+        "bins_facility_complete": m.bins_facility_complete, "ppue_bins": m.ppue_bins, "host_coverage": m.host_coverage, "cpu_util": m.cpu_util,
         "gpu_util": m.gpu_util, "ppue_cooling": m.ppue_cooling, "end_ms": m.end_ms,
         "grid_factor": factors.grid.value_kg_per_kwh, "grid_factor_year": factors.grid.year,
         "grid_region": str(factors.grid.region), "residual_factor": factors.residual.value_kg_per_kwh,

@@ -19,6 +19,7 @@ from collections import Counter
 
 import paho.mqtt.client as paho
 
+from collector.accounting import BIN_MS
 from collector.book import EnergyBook
 from collector.config import CollectorConfig
 from collector.ingest import Ingest, Limits, Rejection
@@ -37,8 +38,10 @@ from common.spool import Spool
 log = logging.getLogger(__name__)
 
 PRUNE_INTERVAL_S = 600.0
-SESSION_RETENTION_MS = 10 * 86_400_000
+DAY_MS = 86_400_000
+SITE_BINS_KEPT_MS = 400 * DAY_MS  # the trailing-12-month figure needs a year of site bins
 RECONNECT_MAX_S = 30.0
+RECEIVE_MAXIMUM = 65_535  # unacknowledged messages the broker may send: acks come only after each flush
 
 
 class BufferedClient(paho.Client):
@@ -81,8 +84,9 @@ class Collector:
         self.output = SpooledOutput(make_writer(config.influx),
                                     Spool(folder / "output-spool.db", config.state.output_spool_max_batches),
                                     rejected=Spool(folder / "output-rejected.db", config.state.output_spool_max_batches))
+        self._recompute_restored_bins(_now_ms())
         self.client = self._make_client()
-        self.pending: list[tuple[str, bytes, int, int]] = []
+        self.pending: list[tuple[str, bytes, int, int, bool]] = []
         self.stats: Counter[str] = Counter()
         self.connected = threading.Event()
         self._dead_letters_this_second = 0
@@ -94,7 +98,8 @@ class Collector:
     def run(self, stop: threading.Event) -> None:
         """Consume until `stop` is set, then flush what was received and disconnect."""
         ingest = self.config.ingest
-        connect(self.client, self.config.mqtt, persistent_session=True, session_expiry_s=ingest.session_expiry_s)
+        connect(self.client, self.config.mqtt, persistent_session=True, session_expiry_s=ingest.session_expiry_s,
+                receive_maximum=RECEIVE_MAXIMUM)
         backoff = 1.0
         batch_started = time.monotonic()
         next_metrics = next_stats = time.monotonic()
@@ -121,7 +126,7 @@ class Collector:
                 self.output.submit([self._stats_line()])
                 next_stats = now + self.config.report.stats_interval_s
             if now >= next_prune:
-                self.store.prune(self.config.state.keep_points, _now_ms() - SESSION_RETENTION_MS)
+                self.prune(_now_ms())
                 next_prune = now + PRUNE_INTERVAL_S
         self.shutdown()
 
@@ -129,8 +134,13 @@ class Collector:
         """Account the pending messages, make the result durable, then acknowledge them."""
         batch, self.pending = self.pending, []
         now_ms = _now_ms()
-        for topic, payload, _mid, _qos in batch:
-            rejection = self.ingest.handle(topic, payload, now_ms)
+        for topic, payload, _mid, _qos, retained in batch:
+            try:
+                rejection = self.ingest.handle(topic, payload, now_ms, retained)
+            except Exception as exc:  # one message must never stop the collector (it would come back forever)
+                log.exception("message-not-handled", extra={"fields": {"topic": topic}})
+                rejection = Rejection("internal-error", f"{type(exc).__name__}: {exc}")
+                self.ingest.rejected["internal-error"] += 1
             if rejection:
                 self._dead_letter(topic, payload, rejection)
         changed = self.book.take_dirty()
@@ -138,11 +148,26 @@ class Collector:
         if not self.output.submit(lines):
             raise RuntimeError("neither InfluxDB nor the output spool accepted the batch; not acknowledging it")
         self.store.save(self.book.take_new_points(), changed)
-        for _topic, _payload, mid, qos in batch:
+        for _topic, _payload, mid, qos, _retained in batch:
             if qos > 0:
                 self.client.ack(mid, qos)
         self.stats["messages"] += len(batch)
         self.stats["flushes"] += 1
+
+    def _recompute_restored_bins(self, now_ms: int) -> None:
+        """A collector stopped between saving a bin and writing its metrics would leave them stale: recompute
+        the metrics of every bin a message could still change."""
+        since = now_ms - int(self.config.limits.max_age_s * 1000) - DAY_MS
+        for site in self.index.sites:
+            self.reporter.touch(site.id, self.book.site_bin_starts(site.id, since, now_ms + BIN_MS))
+
+    def prune(self, now_ms: int) -> None:
+        """Forget, in memory and on disk, what no message the collector still accepts can change."""
+        oldest_accepted = now_ms - int(self.config.limits.max_age_s * 1000)
+        cutoffs = (oldest_accepted - DAY_MS, oldest_accepted - DAY_MS, now_ms - SITE_BINS_KEPT_MS)
+        dropped = self.book.forget(*cutoffs)
+        deleted = self.store.prune(self.config.state.keep_points, *cutoffs)
+        event(log, logging.DEBUG, "state-pruned", memory_entries=dropped, rows=deleted)
 
     def shutdown(self) -> None:
         if self.pending:
@@ -163,6 +188,7 @@ class Collector:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         return client
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -170,13 +196,20 @@ class Collector:
             self._log_limited("mqtt-connect-refused", logging.ERROR, reason=str(reason_code),
                               action="check mqtt.username, mqtt.password and mqtt.tls against the broker")
             return
-        group = self.config.ingest.shared_group
-        prefix = f"$share/{group}/" if group else ""
         root = self.config.mqtt.topic_root
-        client.subscribe([(prefix + subscription(SAMPLES_CHANNEL, root), 1),
-                          (prefix + subscription(STATUS_CHANNEL, root), 1)])
-        self.connected.set()
+        sites = self.config.ingest.sites or ["+"]
+        topics = [subscription(channel, root, site) for site in sites for channel in (SAMPLES_CHANNEL, STATUS_CHANNEL)]
+        client.subscribe([(topic, 1) for topic in topics])
         event(log, logging.INFO, "mqtt-connected", session_present=bool(flags.session_present))
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        refused = [str(code) for code in reason_codes if code.is_failure]
+        if refused:
+            event(log, logging.ERROR, "mqtt-subscribe-refused", reasons=",".join(refused),
+                  action="give the collector's user read access to the agents' topics in the broker ACL")
+            return
+        self.connected.set()
+        event(log, logging.INFO, "mqtt-subscribed", topics=len(reason_codes))
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.connected.clear()
@@ -186,7 +219,7 @@ class Collector:
                           action="none: the broker keeps this collector's session and queues messages meanwhile")
 
     def _on_message(self, client, userdata, message: paho.MQTTMessage) -> None:
-        self.pending.append((message.topic, message.payload, message.mid, message.qos))
+        self.pending.append((message.topic, message.payload, message.mid, message.qos, message.retain))
 
     def _pump_network(self, batch_started: float) -> bool:
         """One round of network I/O; False when the connection is down."""

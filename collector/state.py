@@ -63,9 +63,13 @@ class StateStore:
             accumulators += 1
         return points, accumulators
 
-    def prune(self, keep: int, sessions_older_than_ms: int) -> int:
-        """Keep each session's earliest and newest `keep` points; drop sessions silent since the cut-off."""
+    def prune(self, keep: int, sessions_older_than_ms: int, rack_bins_before_ms: int, site_bins_before_ms: int) -> int:
+        """Keep each session's earliest and newest `keep` points; drop sessions silent since the cut-off and
+        accumulators older than theirs (as EnergyBook.forget does in memory). Returns rows deleted."""
         before = self._db.total_changes
+        self._db.execute(f"DELETE FROM accumulators WHERE scope LIKE 'rack{_SEP}%' AND bin_ms < ?", (rack_bins_before_ms,))
+        self._db.execute(f"DELETE FROM accumulators WHERE scope NOT LIKE 'rack{_SEP}%' AND bin_ms < ?",
+                         (site_bins_before_ms,))
         self._db.execute("""
             DELETE FROM points WHERE (stream, session, seq) IN (
                 SELECT stream, session, seq FROM (

@@ -82,7 +82,7 @@ class EnergySource(StrEnum):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True, strict=True)
 
 
 class Reading(_Strict):
@@ -187,9 +187,9 @@ def topic_for(identity: Identity, channel: str, root: str = DEFAULT_TOPIC_ROOT) 
     return f"{root}/v{PROTOCOL_VERSION}/{identity.site}/{identity.room}/{identity.rack}/{identity.device}/{channel}"
 
 
-def subscription(channel: str, root: str = DEFAULT_TOPIC_ROOT) -> str:
-    """The wildcard topic a collector subscribes to for one channel."""
-    return f"{root}/v{PROTOCOL_VERSION}/+/+/+/+/{channel}"
+def subscription(channel: str, root: str = DEFAULT_TOPIC_ROOT, site: str = "+") -> str:
+    """The wildcard topic a collector subscribes to for one channel, of every site or of one."""
+    return f"{root}/v{PROTOCOL_VERSION}/{site}/+/+/+/{channel}"
 
 
 def parse_topic(topic: str, root: str = DEFAULT_TOPIC_ROOT) -> tuple[Identity, str]:

@@ -67,12 +67,20 @@ def make_client(config: MqttConfig, client_id: str, persistent_session: bool = F
     return client
 
 
-def connect(client: paho.Client, config: MqttConfig, persistent_session: bool = False, session_expiry_s: int = 0) -> None:
-    """Start connecting in the background (paho reconnects by itself after that)."""
+def connect(client: paho.Client, config: MqttConfig, persistent_session: bool = False, session_expiry_s: int = 0,
+            receive_maximum: int | None = None) -> None:
+    """Start connecting in the background (paho reconnects by itself after that).
+
+    receive_maximum (MQTT 5) is how many unacknowledged QoS 1 messages the broker may send us; state it:
+    mosquitto 2.0 otherwise applies its own max_inflight_messages (20) to MQTT 5 clients too. MQTT 3.1.1
+    has no such field: there the broker's max_inflight_messages decides.
+    """
     if client.protocol == paho.MQTTv5:
         properties = Properties(PacketTypes.CONNECT)
         if persistent_session:
             properties.SessionExpiryInterval = session_expiry_s
+        if receive_maximum:
+            properties.ReceiveMaximum = receive_maximum
         client.connect_async(
             config.host, config.port, config.keepalive_s, clean_start=not persistent_session, properties=properties
         )

@@ -106,8 +106,8 @@ def test_collector_killed_and_restarted_while_agents_publish_counts_everything_o
     write_toml(collector_config(tmp_path, broker, influx), config_path)
     command = [sys.executable, "-m", "collector.cli", "--config", str(config_path)]
     first = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    for log_line in first.stderr:  # its session (and subscription) exists from here on
-        if "event=mqtt-connected" in log_line:
+    for log_line in first.stderr:  # its session and subscription exist from here on
+        if "event=mqtt-subscribed" in log_line:
             break
 
     publisher = threading.Thread(target=lambda: [publish_all(broker.port, data[i:i + 8]) or time.sleep(0.05)

@@ -307,3 +307,12 @@ batches = st.builds(
 @given(batches)
 def test_any_valid_batch_round_trips_through_encode_and_decode(batch: SampleBatch) -> None:
     assert decode_batch(encode(batch)) == batch
+
+
+@pytest.mark.parametrize("seq", ["1", True, 1.0])
+def test_types_are_strict_so_a_string_or_bool_is_not_taken_for_a_number(seq) -> None:
+    body = batch_dict()
+    body["samples"][0]["seq"] = seq
+    with pytest.raises(ContractError) as caught:
+        decode_batch(payload(body))
+    assert caught.value.reason == "schema"

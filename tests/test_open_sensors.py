@@ -23,8 +23,8 @@ def config(powercap: Path, nvml: bool = True) -> AgentConfig:
 
 def test_rapl_and_eight_gpus(monkeypatch):
     fake_nvml.install(monkeypatch, fake_nvml.make_gpus(8))
-    sensors = open_sensors(config(POWERCAP / "two-socket-dram"), HostStatsReader())
-    assert [s.name for s in sensors] == ["rapl", "nvml"]
+    sensors, unavailable = open_sensors(config(POWERCAP / "two-socket-dram"), HostStatsReader())
+    assert [s.name for s in sensors] == ["rapl", "nvml"] and unavailable == {}
     assert len(sensors[1].gpus) == 8
     readings = [r for s in sensors for r in s.read(1.0)]
     assert sum(r.component == "gpu" for r in readings) == 8
@@ -34,14 +34,15 @@ def test_no_rapl_and_no_driver_falls_back_to_the_cpu_model(monkeypatch, tmp_path
     caplog.set_level(logging.INFO)
     controller = fake_nvml.install(monkeypatch, [])
     controller.init_error = fake_nvml.NVMLError_LibraryNotFound
-    sensors = open_sensors(config(tmp_path / "no-powercap"), HostStatsReader())
+    sensors, unavailable = open_sensors(config(tmp_path / "no-powercap"), HostStatsReader())
     assert len(sensors) == 1 and isinstance(sensors[0], CpuModelSensor)
+    assert unavailable == {"rapl": "absent", "nvml": "absent"}
     events = [r.getMessage() for r in caplog.records]
     assert "cpu-power-estimated" in events and "no-gpu-section" in events
 
 
 def test_nvml_disabled_is_not_touched(monkeypatch):
     controller = fake_nvml.install(monkeypatch, fake_nvml.make_gpus(2))
-    sensors = open_sensors(config(POWERCAP / "package-only", nvml=False), HostStatsReader())
-    assert [s.name for s in sensors] == ["rapl"]
+    sensors, unavailable = open_sensors(config(POWERCAP / "package-only", nvml=False), HostStatsReader())
+    assert [s.name for s in sensors] == ["rapl"] and unavailable == {"nvml": "disabled"}
     assert sum(controller.calls.values()) == 0

@@ -148,10 +148,11 @@ def test_metrics_line_of_a_complete_bin_carries_the_hand_computed_figures():
     assert ts == T  # the period's start, so a recomputed period overwrites its earlier value
     expected = {
         "pue": 1.5, "pue_status": "ok", "pue_category": "estimated", "e_facility_kwh": 0.3, "e_it_kwh": 0.2,
-        "green_kwh": 0.075, "green_ratio": 0.25, "green_ratio_metered": 0.25, "green_status": "ok",
+        "green_kwh": 0.075, "green_ratio": 0.25, "green_ratio_metered": 0.25, "green_ratio_onsite": 0.25,
+        "green_status": "ok",
         "green_unclaimed_kwh": 0.0, "carbon_location_kg": 0.1185975, "carbon_market_kg": 0.13716,
         "cue_location": 0.5929875, "cue_market": 0.6858, "coverage": 1.0, "facility_coverage": 1.0,
-        "bins_total": 1, "bins_complete": 1, "host_coverage": 1.0, "cpu_util": 0.5, "end_ms": T + BIN_MS,
+        "bins_total": 1, "bins_complete": 1, "bins_facility_complete": 1, "ppue_bins": 0, "host_coverage": 1.0, "cpu_util": 0.5, "end_ms": T + BIN_MS,
         "grid_factor": 0.5271, "grid_factor_year": 2023, "grid_region": "central", "residual_factor": 0.6096,
     }
     assert set(fields) == set(expected)  # gpu_util and ppue_cooling are None: left out

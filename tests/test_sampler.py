@@ -222,14 +222,15 @@ def test_lost_gpu_does_not_block_the_server_estimate(clock: Clock) -> None:
     assert server(samples[2]).energy_j == pytest.approx(400.0)
 
 
-def test_component_without_power_leaves_the_server_interval_out(clock: Clock) -> None:
-    """A working reading with no power (a counter's first read) makes the interval's server power unknown."""
-    package = CounterSensor(Component.CPU_PACKAGE, "package-0", [100.0, 100.0])
+def test_a_component_without_power_adds_nothing_to_the_server_estimate(clock: Clock) -> None:
+    """A reading with no power (a GPU whose counter just started, or one that reports none) adds nothing;
+    the estimate goes on from the others, so the host's IT energy never stalls."""
+    package = CounterSensor(Component.CPU_PACKAGE, "package-0", [100.0, 100.0])  # 100 W
     new_gpu = FixedSensor(Reading(component=Component.GPU, id="GPU-0", method=Method.NVML_ENERGY, energy_j=0.0))
     sampler = make_sampler([package, new_gpu], clock)
     samples = take(sampler, clock, [100.0, 101.0])
-    assert server(samples[1]).power_w is None
-    assert server(samples[1]).energy_j == 0.0
+    assert server(samples[1]).power_w == pytest.approx((100 + 60) / 0.8)  # overhead 60 W, PSU 0.8
+    assert server(samples[1]).energy_j == pytest.approx(200.0)
 
 
 def test_cpu_model_sensor_feeds_the_server_estimate(clock: Clock) -> None:

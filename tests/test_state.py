@@ -177,7 +177,7 @@ def test_prune_keeps_each_session_s_earliest_and_newest_points_and_drops_silent_
     flush(book, store)
     accumulators_before = len(book.accumulators)
     # keep 3: s-h01-a loses seqs 1..6 (6 rows); the two old sessions (5 + 2 rows) are dropped: 13 in all
-    assert store.prune(keep=3, sessions_older_than_ms=T - 86_400_000) == 13
+    assert store.prune(keep=3, sessions_older_than_ms=T - 86_400_000, rack_bins_before_ms=0, site_bins_before_ms=0) == 13
     store.close()
     assert saved_points(path) == {("h01", "s-h01-a"): [0, 7, 8, 9]}
     again, (points, accumulators) = restored(path, keep=3)
@@ -193,8 +193,8 @@ def test_a_session_newer_than_the_cut_off_is_kept_whole_up_to_keep(tmp_path):
         book.add_host_point(H01, h01_point(seq), None)
     flush(book, store)
     # the session's newest point is at T+6 min: exactly at the cut-off is not older than it
-    assert store.prune(keep=3, sessions_older_than_ms=T + 6 * MIN) == 0
-    assert store.prune(keep=3, sessions_older_than_ms=T + 6 * MIN + 1) == 4
+    assert store.prune(keep=3, sessions_older_than_ms=T + 6 * MIN, rack_bins_before_ms=0, site_bins_before_ms=0) == 0
+    assert store.prune(keep=3, sessions_older_than_ms=T + 6 * MIN + 1, rack_bins_before_ms=0, site_bins_before_ms=0) == 4
     store.close()
     assert saved_points(path) == {}
 
@@ -209,7 +209,7 @@ def test_a_book_restored_after_pruning_keeps_what_the_original_kept(tmp_path):
     book.add_host_point(H01, h01_point(0), None)  # older than the earliest: counted, becomes the earliest
     book.add_host_point(H01, h01_point(1), None)  # then among dropped points: ignored, not saved
     flush(book, store)
-    store.prune(keep=3, sessions_older_than_ms=0)
+    store.prune(keep=3, sessions_older_than_ms=0, rack_bins_before_ms=0, site_bins_before_ms=0)
     store.close()
     assert saved_points(path) == {("h01", "s-h01-a"): [0, 7, 8, 9]}
     again, _ = restored(path, keep=3)
@@ -262,3 +262,16 @@ def test_names_that_look_like_numbers_survive_the_round_trip_as_strings(tmp_path
     assert again.add_host_point(host, Point("00000001", 2, T + 20 * MIN, 600_000.0), None) == "duplicate"
     assert again.add_meter_point(meter, Point("00000002", 1, T + 10 * MIN, 540_000.0)) == "duplicate"
     assert {session for state in again.streams.values() for session in state.sessions} == {"00000001", "00000002"}
+
+
+def test_forgetting_old_bins_in_memory_and_on_disk_agree(tmp_path):
+    store = StateStore(tmp_path / "state.db")
+    book = busy_book(store)
+    cutoff = T + BIN_MS  # drop every bin before the second one
+    book.forget(sessions_before_ms=0, rack_bins_before_ms=cutoff, site_bins_before_ms=cutoff)
+    store.prune(keep=KEEP, sessions_older_than_ms=0, rack_bins_before_ms=cutoff, site_bins_before_ms=cutoff)
+    store.close()
+    assert all(key[-1] >= cutoff for key in book.accumulators)
+    assert book.site_bin_starts("dc1", 0, 2**62) == sorted({k[-1] for k in book.accumulators if k[0] != "rack"})
+    again, _ = restored(tmp_path / "state.db")
+    assert rows(again) == rows(book)

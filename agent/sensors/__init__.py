@@ -18,17 +18,23 @@ from common.logs import event
 log = logging.getLogger(__name__)
 
 
-def open_sensors(config: AgentConfig, host: HostStatsReader) -> list[Sensor]:
-    """The sensors this machine supports, CPU first. Raises ValueError for an unusable sampling interval."""
+def open_sensors(config: AgentConfig, host: HostStatsReader) -> tuple[list[Sensor], dict[str, str]]:
+    """The sensors this machine supports, CPU first, and the state of each one it could not open (for the
+    status message: "absent", "permission-denied", "disabled"). Raises ValueError for an unusable
+    sampling interval."""
     sensors: list[Sensor] = []
+    unavailable: dict[str, str] = {}
     rapl_problem = "disabled in config (rapl.enabled = false)"
+    unavailable["rapl"] = "disabled"
     if config.rapl.enabled:
         try:
             sensors.append(RaplSensor.open(config.rapl.root, config.rapl.max_power_w, config.sampling.interval_s))
             event(log, logging.INFO, "rapl-found", zones=len(sensors[0].zones))
             rapl_problem = ""
+            del unavailable["rapl"]
         except RaplUnavailable as exc:
             rapl_problem = str(exc)
+            unavailable["rapl"] = exc.state
     if rapl_problem:
         model = config.cpu_model
         sensors.append(CpuModelSensor(host, model.tdp_w, model.sockets, model.idle_fraction))
@@ -41,4 +47,7 @@ def open_sensors(config: AgentConfig, host: HostStatsReader) -> list[Sensor]:
             event(log, logging.INFO, "gpus-found", count=len(sensors[-1].gpus))
         except NvmlUnavailable as exc:
             event(log, logging.INFO, "no-gpu-section", why=str(exc))
-    return sensors
+            unavailable["nvml"] = exc.state
+    else:
+        unavailable["nvml"] = "disabled"
+    return sensors, unavailable

@@ -72,6 +72,11 @@ class SpooledOutput:
         self._spooled_batches, self._spooled_lines = len(sample), sum(sample)
 
     @property
+    def backlog_batches(self) -> int:
+        """Batches waiting in the spool (cheap: no disk access)."""
+        return self._spool.depth
+
+    @property
     def target(self) -> str:
         """Where the lines go, without credentials (for logs)."""
         return self._writer.target

@@ -100,6 +100,7 @@ class Collector:
         ingest = self.config.ingest
         connect(self.client, self.config.mqtt, persistent_session=True, session_expiry_s=ingest.session_expiry_s,
                 receive_maximum=RECEIVE_MAXIMUM)
+        self._reconnect()
         backoff = 1.0
         batch_started = time.monotonic()
         next_metrics = next_stats = time.monotonic()
@@ -117,7 +118,7 @@ class Collector:
                 batch_started = time.monotonic()
             elif not self.pending:
                 batch_started = now
-            if self.output.stats().backlog_batches:
+            if self.output.backlog_batches:
                 self.output.drain(max_batches=20)
             if now >= next_metrics:
                 self.output.submit(self.reporter.site_lines(_now_ms()))
@@ -213,6 +214,7 @@ class Collector:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.connected.clear()
+        self.pending.clear()  # unacknowledged: the broker sends them again on the next connection
         if reason_code == 0:  # we asked for it
             return
         self._log_limited("mqtt-disconnected", logging.WARNING, reason=str(reason_code),

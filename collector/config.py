@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from collector.writers import InfluxConfig
+from common.contract import check_level
 from common.mqtt import MqttConfig
 
 ENV_PREFIX = "DCEM_COLLECTOR"
@@ -23,6 +24,19 @@ class IngestConfig(_Section):
     session_expiry_s: int = Field(default=7 * 86400, ge=60, description="how long the broker queues for us")
     sites: list[str] | None = Field(default=None, min_length=1,
                                     description="subscribe to these sites only (per-site partitioning); all if unset")
+
+    @field_validator("sites", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        """The environment gives a string: 'dc1,dc2'."""
+        return [part.strip() for part in value.split(",")] if isinstance(value, str) else value
+
+    @field_validator("sites")
+    @classmethod
+    def _topic_levels(cls, value: list[str] | None) -> list[str] | None:
+        for site in value or []:
+            check_level("ingest.sites", site)
+        return value
     max_batch: int = Field(default=5000, ge=1, description="messages handled per flush at most")
     flush_interval_s: float = Field(default=0.2, gt=0, le=10, description="longest wait before a flush")
     raw_resolution_s: float = Field(default=10.0, ge=0.001, description="raw readings kept per device")
@@ -31,7 +45,8 @@ class IngestConfig(_Section):
 
 class LimitsConfig(_Section):
     max_future_s: float = Field(default=300.0, gt=0)
-    max_age_s: float = Field(default=8 * 86400.0, gt=0)
+    max_age_s: float = Field(default=8 * 86400.0, gt=0, le=30 * 86400.0,
+                             description="oldest sample accepted; bins older than this (+1 day) are final")
     max_host_reading_w: float = Field(default=50_000.0, gt=0)
     max_meter_w: float = Field(default=500e6, gt=0)
 

@@ -3,7 +3,8 @@
 Every message is either accepted whole or rejected whole with a short stable reason (counted, and sent to
 the dead-letter topic by the service). Reasons: bad-topic, malformed-json, schema, not-finite,
 out-of-range, unsupported-version, oversized (from the contract); unknown-site, unknown-device,
-kind-mismatch, future-timestamp, too-old, absurd-power, counter-backwards, no-energy-reading (here).
+kind-mismatch, future-timestamp, too-old, absurd-power, counter-backwards, no-energy-reading (here);
+internal-error (the service, should handling a message fail unexpectedly).
 """
 
 from __future__ import annotations
@@ -63,18 +64,19 @@ class Ingest:
     def handle(self, topic: str, payload: bytes, now_ms: int, retained: bool = False) -> Rejection | None:
         """Account one message; None when accepted, else why not.
 
-        A retained status is the broker replaying a device's last known state on (re)subscribe: it is
-        checked but not written again.
+        A retained status is the broker replaying a device's last known state on (re)subscribe: it was
+        handled when it was first published, so it is skipped.
         """
         try:
             identity, channel = parse_topic(topic, self.topic_root)
             if channel == STATUS_CHANNEL:
+                if retained:
+                    return None
                 self._known(identity)
                 status = decode_status(payload)
                 if status.ts_ms is not None:
                     self._check_time(status.ts_ms, now_ms, "status")
-                if not retained:
-                    self.lines.append(_status_line(identity, status, now_ms))
+                self.lines.append(_status_line(identity, status, now_ms))
                 return None
             if channel != SAMPLES_CHANNEL:
                 raise ContractError("bad-topic", f"unknown channel {channel!r}")

@@ -39,8 +39,10 @@ def site_factors(site: Site, table: FactorTable | None = None) -> SiteFactors:
 
 class Reporter:
     def __init__(self, index: SiteIndex, book: EnergyBook, ledgers: Mapping[str, Ledger],
-                 factors: Mapping[str, SiteFactors]):
+                 factors: Mapping[str, SiteFactors], sites: Iterable[str] | None = None):
+        """sites: the sites this collector reports (its partition); every configured site when None."""
         self.index = index
+        self.sites = [site for site in index.sites if sites is None or site.id in set(sites)]
         self.book = book
         self.ledgers = ledgers
         self.factors = factors
@@ -62,7 +64,7 @@ class Reporter:
     def site_lines(self, now_ms: int) -> list[str]:
         """Site metrics for the standard periods at now_ms and every period the changed bins belong to."""
         lines = []
-        for site in self.index.sites:
+        for site in self.sites:
             periods = set(standard_periods(now_ms, site.timezone))
             for start in self._touched.get(site.id, ()):
                 periods |= set(periods_of_bin(start, now_ms, site.timezone))

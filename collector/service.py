@@ -27,7 +27,7 @@ from collector.ledger import load_site_ledgers
 from collector.lineproto import line
 from collector.output import SpooledOutput
 from collector.report import Reporter, site_factors
-from collector.site import SiteIndex, load_site_config
+from collector.site import SiteConfigError, SiteIndex, load_site_config
 from collector.state import StateStore
 from collector.writers import make_writer
 from common.contract import SAMPLES_CHANNEL, STATUS_CHANNEL, subscription
@@ -73,6 +73,9 @@ class Collector:
         self.config = config
         site_config = load_site_config(config.site_config)
         self.index = SiteIndex(site_config)
+        unknown = [site for site in config.ingest.sites or [] if self.index.site(site) is None]
+        if unknown:
+            raise SiteConfigError(f"ingest.sites names {', '.join(unknown)}, not in {config.site_config}")
         self.book = EnergyBook(self.index, config.state.keep_points)
         folder = config.state.folder
         self.store = StateStore(folder / "state.db")
@@ -80,7 +83,7 @@ class Collector:
         self.ingest = Ingest(self.index, self.book, config.mqtt.topic_root,
                              Limits(**config.limits.model_dump()), int(config.ingest.raw_resolution_s * 1000))
         self.reporter = Reporter(self.index, self.book, load_site_ledgers(site_config),
-                                 {site.id: site_factors(site) for site in site_config.sites})
+                                 {site.id: site_factors(site) for site in site_config.sites}, config.ingest.sites)
         self.output = SpooledOutput(make_writer(config.influx),
                                     Spool(folder / "output-spool.db", config.state.output_spool_max_batches),
                                     rejected=Spool(folder / "output-rejected.db", config.state.output_spool_max_batches))
@@ -139,7 +142,10 @@ class Collector:
             try:
                 rejection = self.ingest.handle(topic, payload, now_ms, retained)
             except Exception as exc:  # one message must never stop the collector (it would come back forever)
-                log.exception("message-not-handled", extra={"fields": {"topic": topic}})
+                log.debug("message-not-handled", exc_info=True)
+                self._log_limited("message-not-handled", logging.ERROR, topic=topic, error=repr(exc)[:300],
+                                  action="report this with the dead-lettered payload: the collector could not "
+                                         "handle a message the contract accepts")
                 rejection = Rejection("internal-error", f"{type(exc).__name__}: {exc}")
                 self.ingest.rejected["internal-error"] += 1
             if rejection:
@@ -159,7 +165,7 @@ class Collector:
         """A collector stopped between saving a bin and writing its metrics would leave them stale: recompute
         the metrics of every bin a message could still change."""
         since = now_ms - int(self.config.limits.max_age_s * 1000) - DAY_MS
-        for site in self.index.sites:
+        for site in self.reporter.sites:
             self.reporter.touch(site.id, self.book.site_bin_starts(site.id, since, now_ms + BIN_MS))
 
     def prune(self, now_ms: int) -> None:

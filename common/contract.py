@@ -29,6 +29,7 @@ MAX_PAYLOAD_BYTES = 256 * 1024
 MAX_SAMPLES_PER_BATCH = 600
 MAX_READINGS_PER_SAMPLE = 128
 MAX_INTERVAL_S = 3600.0
+MAX_INT64 = 2**63 - 1  # what a database integer field holds
 
 _LEVEL_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 LEVEL_RULE = "1 to 64 characters from A-Z a-z 0-9 _ . -"
@@ -89,7 +90,7 @@ class Reading(_Strict):
     """One component's values at the end of a sample interval."""
 
     component: Component
-    id: str = Field(min_length=1, max_length=96)
+    id: str = Field(min_length=1, max_length=96, pattern=r"^[A-Za-z0-9_.:/\-]+$")
     method: Method
     power_w: float | None = Field(default=None, ge=0, description="mean power over the interval, W")
     energy_j: float | None = Field(default=None, ge=0, description="cumulative J since session start")
@@ -100,8 +101,8 @@ class Reading(_Strict):
     power_limit_w: float | None = Field(default=None, ge=0)
     util: float | None = Field(default=None, ge=0, le=1)
     temp_c: float | None = Field(default=None, ge=-50, le=200)
-    mem_used_bytes: int | None = Field(default=None, ge=0)
-    mem_total_bytes: int | None = Field(default=None, ge=0)
+    mem_used_bytes: int | None = Field(default=None, ge=0, le=MAX_INT64)
+    mem_total_bytes: int | None = Field(default=None, ge=0, le=MAX_INT64)
     state: Literal["ok", "lost"] = "ok"
     # meter extras
     role: MeterRole | None = None
@@ -116,8 +117,8 @@ class HostStats(_Strict):
     cpu_util: float = Field(ge=0, le=1)
     cpu_freq_mhz: float | None = Field(default=None, ge=0)
     logical_cpus: int = Field(ge=1)
-    mem_used_bytes: int = Field(ge=0)
-    mem_total_bytes: int = Field(ge=0)
+    mem_used_bytes: int = Field(ge=0, le=MAX_INT64)
+    mem_total_bytes: int = Field(ge=0, le=MAX_INT64)
 
 
 class Sample(_Strict):

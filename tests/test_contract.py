@@ -259,7 +259,7 @@ def readings() -> st.SearchStrategy[Reading]:
     return st.builds(
         Reading,
         component=st.sampled_from(Component),
-        id=st.text(min_size=1, max_size=96),
+        id=st.from_regex(r"\A[A-Za-z0-9_.:/\-]{1,96}\Z"),
         method=st.sampled_from(Method),
         power_w=optional(finite_non_negative),
         energy_j=optional(finite_non_negative),
@@ -316,3 +316,11 @@ def test_types_are_strict_so_a_string_or_bool_is_not_taken_for_a_number(seq) -> 
     with pytest.raises(ContractError) as caught:
         decode_batch(payload(body))
     assert caught.value.reason == "schema"
+
+
+@pytest.mark.parametrize("bad_id", ["gpu\\", "a b", "line\nbreak", "x,y", "k=v"])
+def test_reading_ids_are_safe_to_store(bad_id) -> None:
+    """A reading id becomes a database tag: characters that line protocol cannot carry are refused here."""
+    body = with_first_reading(id=bad_id)
+    with pytest.raises(ContractError):
+        decode_batch(payload(body))

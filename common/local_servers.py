@@ -181,11 +181,25 @@ bind-address = "127.0.0.1:{free_port()}"
         super().start()
         wait_for_http(f"{self.url}/ping", 204)
         if self.auth_enabled and not self._admin_created:
-            statement = f"CREATE USER {self.admin_user} WITH PASSWORD '{self.admin_password}' WITH ALL PRIVILEGES"
-            status = http_status(f"{self.url}/query", urllib.parse.urlencode({"q": statement}).encode())
-            if status != 200:
-                raise RuntimeError(f"influxd refused to create the admin user (HTTP {status})")
+            self._create_admin()
             self._admin_created = True
+
+    def _create_admin(self, timeout_s: float = 20.0) -> None:
+        """CREATE USER, retried until the admin can log in: influxd answers 200 with the error inside the
+        JSON while its meta store is not ready, which can last a moment after /ping."""
+        statement = f"CREATE USER {self.admin_user} WITH PASSWORD '{self.admin_password}' WITH ALL PRIVILEGES"
+        login = urllib.parse.urlencode({"u": self.admin_user, "p": self.admin_password})
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            http_status(f"{self.url}/query", urllib.parse.urlencode({"q": statement}).encode())
+            try:
+                with urllib.request.urlopen(f"{self.url}/query?{login}", data=b"q=SHOW+USERS", timeout=2) as response:
+                    if b'"error"' not in response.read():
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"influxd did not accept the admin user within {timeout_s} s")
 
 
 class VictoriaMetrics(ServerProcess):

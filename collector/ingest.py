@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from collector.accounting import Point
 from collector.book import EnergyBook, Utilisation
+from collector import lineproto
 from collector.lineproto import line
 from collector.site import HostInfo, MeterInfo, SiteIndex
 from common.contract import (
@@ -60,6 +61,7 @@ class Ingest:
         self.outcomes: Counter[str] = Counter()
         self.lines: list[str] = []
         self._last_raw_ms: dict[tuple, int] = {}
+        self._series: dict[tuple, str] = {}
 
     def handle(self, topic: str, payload: bytes, now_ms: int, retained: bool = False) -> Rejection | None:
         """Account one message; None when accepted, else why not.
@@ -146,7 +148,7 @@ class Ingest:
             outcome = self.book.add_host_point(host, point, _utilisation(sample))
             self.outcomes[outcome] += 1
             if outcome != "duplicate" and self._raw_due(("host", host), sample.ts_ms):
-                self.lines += _host_lines(host, sample, server)
+                self.lines += self._host_lines(host, sample, server)
 
     def _accept_meter(self, batch: SampleBatch, meter: MeterInfo) -> None:
         for sample in batch.samples:
@@ -155,10 +157,44 @@ class Ingest:
             outcome = self.book.add_meter_point(meter, point)
             self.outcomes[outcome] += 1
             if outcome != "duplicate" and self._raw_due(("meter", meter), sample.ts_ms):
-                self.lines.append(line("meter", {"site": meter.site, "meter": meter.device, "role": meter.role,
-                                                 "source": meter.source or ""},
-                                       {"power_w": reading.power_w, "energy_kwh": reading.energy_j / 3.6e6},
-                                       sample.ts_ms))
+                meter_series = self._series_of(("meter", meter), "meter", {
+                    "site": meter.site, "meter": meter.device, "role": meter.role, "source": meter.source or ""})
+                self.lines.append(lineproto.point(meter_series, {"power_w": reading.power_w,
+                                                       "energy_kwh": reading.energy_j / 3.6e6}, sample.ts_ms))
+
+    def _series_of(self, key: tuple, measurement: str, tags: dict[str, str]) -> str:
+        """A device's escaped series, made once (the same devices send again and again)."""
+        found = self._series.get(key)
+        if found is None:
+            found = self._series[key] = lineproto.series(measurement, tags)
+        return found
+
+    def _host_lines(self, host: HostInfo, sample: Sample, server: Reading) -> list[str]:
+        packages = [r for r in sample.readings if r.component == Component.CPU_PACKAGE]
+        cpu = packages or [r for r in sample.readings if r.component == Component.PSYS]
+        gpus = [r for r in sample.readings if r.component == Component.GPU]
+        fields = {
+            "server_input_w": server.power_w,
+            "cpu_w": _sum(r.power_w for r in cpu),
+            "dram_w": _sum(r.power_w for r in sample.readings if r.component == Component.DRAM),
+            "gpu_w": _sum(r.power_w for r in gpus),
+            "cpu_method": cpu[0].method.value if cpu else None,
+            "cpu_util": sample.host.cpu_util if sample.host else None,
+            "gpus": len(gpus) or None,
+            "gpus_lost": sum(r.state == "lost" for r in gpus) or None,
+        }
+        tags = {"site": host.site, "room": host.room, "rack": host.rack, "host": host.device}
+        lines = []
+        if any(v is not None for v in fields.values()):
+            lines.append(lineproto.point(self._series_of(("host", host), "host", tags), fields, sample.ts_ms))
+        for gpu in gpus:
+            gpu_series = self._series_of(("gpu", host, gpu.id), "gpu", {**tags, "gpu": gpu.id})
+            lines.append(lineproto.point(gpu_series, {
+                "power_w": gpu.power_w, "power_avg_w": gpu.power_avg_w, "power_instant_w": gpu.power_instant_w,
+                "power_limit_w": gpu.power_limit_w, "util": gpu.util, "temp_c": gpu.temp_c,
+                "mem_used_bytes": gpu.mem_used_bytes, "method": gpu.method.value, "lost": gpu.state == "lost",
+            }, sample.ts_ms))
+        return lines
 
     def _raw_due(self, key: tuple, ts_ms: int) -> bool:
         """Raw readings are stored at most once per resolution period per device."""
@@ -189,31 +225,6 @@ def _utilisation(sample: Sample) -> Utilisation | None:
     if cpu is None and not gpus:
         return None
     return Utilisation(cpu=cpu, gpu=sum(gpus) / len(gpus) if gpus else None, seconds=sample.interval_s)
-
-
-def _host_lines(host: HostInfo, sample: Sample, server: Reading) -> list[str]:
-    tags = {"site": host.site, "room": host.room, "rack": host.rack, "host": host.device}
-    packages = [r for r in sample.readings if r.component == Component.CPU_PACKAGE]
-    cpu = packages or [r for r in sample.readings if r.component == Component.PSYS]
-    gpus = [r for r in sample.readings if r.component == Component.GPU]
-    fields = {
-        "server_input_w": server.power_w,
-        "cpu_w": _sum(r.power_w for r in cpu),
-        "dram_w": _sum(r.power_w for r in sample.readings if r.component == Component.DRAM),
-        "gpu_w": _sum(r.power_w for r in gpus),
-        "cpu_method": cpu[0].method.value if cpu else None,
-        "cpu_util": sample.host.cpu_util if sample.host else None,
-        "gpus": len(gpus) or None,
-        "gpus_lost": sum(r.state == "lost" for r in gpus) or None,
-    }
-    lines = [line("host", tags, fields, sample.ts_ms)] if any(v is not None for v in fields.values()) else []
-    for gpu in gpus:
-        lines.append(line("gpu", {**tags, "gpu": gpu.id}, {
-            "power_w": gpu.power_w, "power_avg_w": gpu.power_avg_w, "power_instant_w": gpu.power_instant_w,
-            "power_limit_w": gpu.power_limit_w, "util": gpu.util, "temp_c": gpu.temp_c,
-            "mem_used_bytes": gpu.mem_used_bytes, "method": gpu.method.value, "lost": gpu.state == "lost",
-        }, sample.ts_ms))
-    return lines
 
 
 def _status_line(identity: Identity, status: Status, now_ms: int) -> str:

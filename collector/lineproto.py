@@ -30,15 +30,27 @@ _escaped_measurements: dict[str, str] = {}
 def line(measurement: str, tags: Mapping[str, str], fields: Mapping[str, float | int | bool | str | None],
          ts_ms: int) -> str:
     """One line of line protocol; ValueError (naming the field) for what InfluxDB cannot store faithfully."""
+    return point(series(measurement, tags), fields, ts_ms)
+
+
+def series(measurement: str, tags: Mapping[str, str]) -> str:
+    """The escaped measurement and sorted tags of a line: compute once per device and reuse with `point`."""
     head = _escaped_measurements.get(measurement) or _measurement(measurement)
     if tags:
         head += "".join([f",{_key(k)}={_key(v)}" for k, v in sorted(tags.items()) if v])
+    if "\n" in head or "\\" in head:
+        _check_names(measurement, tags, {})
+    return head
+
+
+def point(series_text: str, fields: Mapping[str, float | int | bool | str | None], ts_ms: int) -> str:
+    """A line from a `series` and its fields; ValueError for a field InfluxDB cannot store faithfully."""
     encoded = [f"{_key(key)}={_value(key, value)}" for key, value in fields.items() if value is not None]
     if not encoded:
-        raise ValueError(f"a point of {measurement!r} needs at least one field that is not None")
-    text = f"{head} {','.join(encoded)} {index(ts_ms)}"
-    if "\n" in text or "\\" in text:
-        _check_names(measurement, tags, fields)
+        raise ValueError(f"a point of {series_text.split(',', 1)[0]!r} needs at least one field that is not None")
+    text = f"{series_text} {','.join(encoded)} {index(ts_ms)}"
+    if "\n" in text or "\\" in text[len(series_text):]:
+        _check_names("", {}, fields)
     return text
 
 
@@ -103,7 +115,7 @@ def _check_names(measurement: str, tags: Mapping[str, str], fields: Mapping[str,
 
 
 def _names(measurement: str, tags: Mapping[str, str], fields: Mapping[str, object]) -> list[tuple[str, str]]:
-    found = [("measurement", measurement)]
+    found = [("measurement", measurement)] if measurement else []
     for key, value in tags.items():
         if value:
             found += [("tag key", key), ("tag value", value)]

@@ -61,6 +61,7 @@ class SpooledOutput:
         self._rejected = rejected
         self._clock = clock
         self._lock = threading.Lock()
+        self._wake = threading.Event()
         self._once = Once()
         self._delay_s = 0.0
         self._retry_at = float("-inf")
@@ -89,6 +90,24 @@ class SpooledOutput:
             if self._spool.depth == 0 and self._clock() >= self._retry_at and self._attempt(lines):
                 return True
             return self._to_spool(lines)
+
+    def enqueue(self, lines: list[str]) -> bool:
+        """Spool one batch for the drainer thread (`run_drainer`) to write; True once it is on disk.
+
+        Unlike submit, this never waits for InfluxDB, so the caller goes on while the database writes.
+        """
+        if not lines:
+            return True
+        stored = self._to_spool(lines)
+        self._wake.set()
+        return stored
+
+    def run_drainer(self, stop: threading.Event) -> None:
+        """Write spooled batches as they come, until `stop` is set (run it in a thread of its own)."""
+        while not stop.is_set():
+            if self.drain(max_batches=50) == 0:
+                self._wake.wait(0.2)
+                self._wake.clear()
 
     def drain(self, max_batches: int = 100) -> int:
         """Write up to `max_batches` spooled batches, oldest first; the number written or set aside."""

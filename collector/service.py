@@ -1,10 +1,11 @@
 """The collector process: MQTT in, accounting, InfluxDB out, acknowledging only what is durably handled.
 
-One thread runs everything, driving paho's network loop itself (loop_read / loop_write / loop_misc), so
-reading, accounting and acknowledging never contend for the interpreter. Messages are taken in batches;
-a batch is flushed when it is full or `flush_interval_s` has passed: its lines are written to InfluxDB
-(or to the output spool when InfluxDB is down), the accounting state is saved, and only then are its
-messages acknowledged (PUBACK). A collector killed at any point is sent the unacknowledged messages again
+One thread reads, accounts and acknowledges, driving paho's network loop itself (loop_read / loop_write /
+loop_misc); a second one writes to InfluxDB. Messages are taken in batches; a batch is flushed when it is
+full or `flush_interval_s` has passed: its lines go to the output spool on disk, the accounting state is
+saved, and only then are its messages acknowledged (PUBACK). The writer thread sends the spooled lines to
+InfluxDB in order, and keeps them while InfluxDB is down, so the database works on the other core while
+the next batch is read. A collector killed at any point is sent the unacknowledged messages again
 by the broker (persistent session), and the saved state recognises those it had already counted.
 """
 
@@ -53,18 +54,20 @@ class BufferedClient(paho.Client):
     """
 
     _read_ahead = b""
+    _read_at = 0
 
     def _sock_recv(self, bufsize: int) -> bytes:
-        if not self._read_ahead:
-            self._read_ahead = super()._sock_recv(262_144)
-        chunk, self._read_ahead = self._read_ahead[:bufsize], self._read_ahead[bufsize:]
-        return chunk
+        if self._read_at >= len(self._read_ahead):
+            self._read_ahead, self._read_at = super()._sock_recv(262_144), 0
+        start = self._read_at
+        self._read_at = start + bufsize
+        return self._read_ahead[start:self._read_at]
 
     def has_buffered_input(self) -> bool:
-        return bool(self._read_ahead)
+        return self._read_at < len(self._read_ahead)
 
     def _reset_sockets(self, *args, **kwargs) -> None:
-        self._read_ahead = b""
+        self._read_ahead, self._read_at = b"", 0
         super()._reset_sockets(*args, **kwargs)
 
 
@@ -103,6 +106,10 @@ class Collector:
         ingest = self.config.ingest
         connect(self.client, self.config.mqtt, persistent_session=True, session_expiry_s=ingest.session_expiry_s,
                 receive_maximum=RECEIVE_MAXIMUM)
+        drainer_stop = threading.Event()
+        drainer = threading.Thread(target=self.output.run_drainer, args=(drainer_stop,), name="influx-writer",
+                                   daemon=True)
+        drainer.start()
         self._reconnect()
         backoff = 1.0
         batch_started = time.monotonic()
@@ -121,17 +128,17 @@ class Collector:
                 batch_started = time.monotonic()
             elif not self.pending:
                 batch_started = now
-            if self.output.backlog_batches:
-                self.output.drain(max_batches=20)
             if now >= next_metrics:
-                self.output.submit(self.reporter.site_lines(_now_ms()))
+                self.output.enqueue(self.reporter.site_lines(_now_ms()))
                 next_metrics = now + self.config.report.metrics_interval_s
             if now >= next_stats:
-                self.output.submit([self._stats_line()])
+                self.output.enqueue([self._stats_line()])
                 next_stats = now + self.config.report.stats_interval_s
             if now >= next_prune:
                 self.prune(_now_ms())
                 next_prune = now + PRUNE_INTERVAL_S
+        drainer_stop.set()
+        drainer.join()
         self.shutdown()
 
     def flush(self) -> None:
@@ -152,8 +159,8 @@ class Collector:
                 self._dead_letter(topic, payload, rejection)
         changed = self.book.take_dirty()
         lines = self.ingest.take_lines() + self.reporter.accumulator_lines(changed)
-        if not self.output.submit(lines):
-            raise RuntimeError("neither InfluxDB nor the output spool accepted the batch; not acknowledging it")
+        if not self.output.enqueue(lines):
+            raise RuntimeError("the output spool did not take the batch; not acknowledging it")
         self.store.save(self.book.take_new_points(), changed)
         for _topic, _payload, mid, qos, _retained in batch:
             if qos > 0:
@@ -179,7 +186,7 @@ class Collector:
     def shutdown(self) -> None:
         if self.pending:
             self.flush()
-        self.output.submit(self.reporter.site_lines(_now_ms()))
+        self.output.enqueue(self.reporter.site_lines(_now_ms()))
         self.output.drain(max_batches=1000)
         self._pump_network(time.monotonic())
         self.client.disconnect()

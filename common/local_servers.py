@@ -181,7 +181,11 @@ bind-address = "127.0.0.1:{free_port()}"
         super().start()
         wait_for_http(f"{self.url}/ping", 204)
         if self.auth_enabled and not self._admin_created:
-            self._create_admin()
+            try:
+                self._create_admin()
+            except RuntimeError:
+                self.stop()
+                raise
             self._admin_created = True
 
     def _create_admin(self, timeout_s: float = 20.0) -> None:

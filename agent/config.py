@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 import socket
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from common.contract import check_level
+from common.logs import LogConfig
 from common.mqtt import MqttConfig
 
 ENV_PREFIX = "DCEM_AGENT"
@@ -77,11 +77,6 @@ class ServerConfig(_Section):
 
     overhead_w: float = Field(default=60.0, ge=0, le=5000, description="fans, disks, NICs, board")
     psu_efficiency: float = Field(default=0.94, gt=0.5, le=1.0)
-
-
-class LogConfig(_Section):
-    level: Literal["debug", "info", "warning", "error"] = "info"
-    format: Literal["logfmt", "json"] = "logfmt"
 
 
 class AgentConfig(_Section):

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from collector.writers import InfluxConfig
 from common.contract import check_level
+from common.logs import LogConfig
 from common.mqtt import MqttConfig
 
 ENV_PREFIX = "DCEM_COLLECTOR"
@@ -60,11 +60,6 @@ class StateConfig(_Section):
 class ReportConfig(_Section):
     metrics_interval_s: float = Field(default=10.0, gt=0, description="how often site metrics are recomputed")
     stats_interval_s: float = Field(default=10.0, gt=0)
-
-
-class LogConfig(_Section):
-    level: Literal["debug", "info", "warning", "error"] = "info"
-    format: Literal["logfmt", "json"] = "logfmt"
 
 
 class CollectorConfig(_Section):

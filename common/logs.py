@@ -11,8 +11,20 @@ import json
 import logging
 import sys
 import time
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
 
 _FIELDS = "fields"
+
+
+class LogConfig(BaseModel):
+    """The [log] section of the agent's, gateway's and collector's configuration."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["logfmt", "json"] = "logfmt"
 
 
 class _LogfmtFormatter(logging.Formatter):

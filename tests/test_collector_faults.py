@@ -14,9 +14,8 @@ import urllib.request
 
 import pytest
 
-from tests.servers import Influxd, Mosquitto, VictoriaMetrics
+from tests.servers import Mosquitto, VictoriaMetrics
 from tests.site_stream import BIN_MS, DEVICES, HOSTS, HOUR_MS, messages
-from collector.writers import InfluxV1Writer
 from tests.collector_harness import RunningCollector, collector_config, publish_all, rows, wait_for
 
 pytestmark = pytest.mark.servers
@@ -39,18 +38,6 @@ def assert_exact(db, start: int) -> None:
     assert [r["energy_kwh"] for r in racks] == [pytest.approx(0.2, rel=1e-12)] * 2
     raw = rows(db, "SELECT count(server_input_w) AS n FROM host GROUP BY host")
     assert raw and raw[0]["n"] == 31  # one sample a minute for 30 minutes, both ends included
-
-
-@pytest.fixture
-def servers(tmp_path):
-    broker, influx = Mosquitto(tmp_path / "broker"), Influxd(tmp_path / "influxd")
-    broker.start()
-    influx.start()
-    db = InfluxV1Writer(influx.url, "dcem")
-    db.query("CREATE DATABASE dcem")
-    yield broker, influx, db
-    broker.stop()
-    influx.stop()
 
 
 def hour_ago() -> int:

@@ -14,25 +14,11 @@ import time
 import paho.mqtt.client as paho
 import pytest
 
-from collector.writers import InfluxV1Writer
 from common.mqtt import MqttConfig, make_client
 from tests.collector_harness import RunningCollector, collector_config, publish_all, rows, wait_for
-from tests.servers import Influxd, Mosquitto
 from tests.site_stream import BIN_MS, DEVICES, HOUR_MS, messages
 
 pytestmark = pytest.mark.servers
-
-
-@pytest.fixture
-def servers(tmp_path):
-    broker, influx = Mosquitto(tmp_path / "broker"), Influxd(tmp_path / "influxd")
-    broker.start()
-    influx.start()
-    db = InfluxV1Writer(influx.url, "dcem")
-    db.query("CREATE DATABASE dcem")
-    yield broker, influx, db
-    broker.stop()
-    influx.stop()
 
 
 def half_hour_of_site_data(start_ms: int) -> list[tuple[str, bytes]]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from datetime import datetime, timezone
 
 import pytest
@@ -33,6 +32,7 @@ from common.contract import (
     Status,
     encode,
 )
+from tests.lineparse import parse
 from tests.site_stream import HOSTS, METERS, SITE_YAML
 
 SEC, MIN, DAY = 1_000, 60_000, 86_400_000
@@ -89,24 +89,6 @@ def set_power(value):
 
 def rows(book: EnergyBook) -> dict:
     return {key: acc.as_row() for key, acc in book.accumulators.items()}
-
-
-def parse_line(text: str) -> tuple[str, dict[str, str], dict[str, object], int]:
-    """Line protocol split roughly (no escaped spaces or commas in these tests): measurement, tags, fields, ts."""
-    head, rest = text.split(" ", 1)
-    field_text, ts = rest.rsplit(" ", 1)
-    measurement, *tag_parts = head.split(",")
-    fields: dict[str, object] = {}
-    for key, value in re.findall(r'([^=,]+)=("(?:[^"\\]|\\.)*"|[^,]+)', field_text):
-        if value.startswith('"'):
-            fields[key] = value[1:-1]
-        elif value in ("true", "false"):
-            fields[key] = value == "true"
-        elif value.endswith("i"):
-            fields[key] = int(value[:-1])
-        else:
-            fields[key] = float(value)
-    return measurement, dict(part.split("=", 1) for part in tag_parts), fields, int(ts)
 
 
 # Accepted before every rejection case: h01, one session, seqs 0..2 a minute apart at 500 W (30 000 J per minute).
@@ -244,7 +226,7 @@ def test_an_accepted_message_accounts_its_points_and_writes_raw_lines(ingest):
     assert ingest.book.accumulators[("rack", "dc1", "hall-a", "r01", T)].energy_j == pytest.approx(90_000.0)
     assert ingest.outcomes["new"] == 4 and ingest.outcomes["messages"] == 2
     (text,) = ingest.take_lines()
-    measurement, tags, fields, ts = parse_line(text)
+    measurement, tags, fields, ts = parse(text)
     assert (measurement, ts) == ("host", T + 3 * MIN)
     assert tags == {"site": "dc1", "room": "hall-a", "rack": "r01", "host": "h01"}
     assert fields == {"server_input_w": 500.0, "cpu_util": 0.5}
@@ -271,7 +253,7 @@ def test_an_online_status_becomes_a_device_status_line_at_its_own_time(ingest):
                     overhead=Overhead(cpu_seconds=1.5, rss_bytes=40_000_000, spool_depth=3, spool_dropped=0))
     assert ingest.handle(STATUS_TOPIC, encode(status), NOW) is None
     (text,) = ingest.take_lines()
-    measurement, tags, fields, ts = parse_line(text)
+    measurement, tags, fields, ts = parse(text)
     assert measurement == "device_status" and ts == T + 5 * MIN
     assert tags == {"site": "dc1", "room": "hall-a", "rack": "r01", "device": "h01"}
     assert fields == {"state": "online", "online": True, "version": "0.1.0", "spool_depth": 3, "spool_dropped": 0,
@@ -282,7 +264,7 @@ def test_an_online_status_becomes_a_device_status_line_at_its_own_time(ingest):
 def test_an_offline_last_will_without_time_is_stamped_with_the_collector_clock(ingest):
     assert ingest.handle("dcem/v1/dc1/facility/main/utility-1/status", encode(Status(state="offline")), NOW) is None
     (text,) = ingest.take_lines()
-    measurement, tags, fields, ts = parse_line(text)
+    measurement, tags, fields, ts = parse(text)
     assert (measurement, ts) == ("device_status", NOW)
     assert tags["device"] == "utility-1"
     assert fields == {"state": "offline", "online": False}
@@ -314,7 +296,7 @@ def test_raw_lines_are_decimated_to_one_per_slot_per_device(per_message):
     for i in range(0, 20, per_message):
         assert ingest.handle(H01_TOPIC, host_msg(hosts[i:i + per_message]), now) is None
         assert ingest.handle(UTILITY_TOPIC, meter_msg(meters[i:i + per_message]), now) is None
-    parsed = [parse_line(text) for text in ingest.take_lines()]
+    parsed = [parse(text) for text in ingest.take_lines()]
     by_kind: dict[str, list] = {}
     for measurement, tags, fields, ts in parsed:
         by_kind.setdefault(measurement, []).append((tags.get("gpu"), ts, fields))

@@ -7,7 +7,6 @@ Europe/Berlin UTC+1 in winter and UTC+2 in summer (2026: summer time from 03-29 
 
 from __future__ import annotations
 
-import re
 from datetime import datetime, timezone
 
 import pytest
@@ -19,6 +18,7 @@ from collector.factors import Factor, FactorTable, GridRegion
 from collector.metrics import metrics_for_period, standard_periods
 from collector.report import Reporter, metrics_line, periods_of_bin, site_factors
 from collector.site import Site, SiteConfig, SiteIndex
+from tests.lineparse import parse
 from tests.site_stream import SITE_YAML
 
 MIN = 60_000
@@ -37,24 +37,6 @@ H01 = INDEX.host("dc1", "hall-a", "r01", "h01")
 H02 = INDEX.host("dc1", "hall-a", "r01", "h02")
 UTILITY = INDEX.meter("dc1", "facility", "main", "utility-1")
 PV = INDEX.meter("dc1", "facility", "main", "pv-1")
-
-
-def parse_line(text: str) -> tuple[str, dict[str, str], dict[str, object], int]:
-    """Line protocol split roughly (no escaped spaces or commas here): measurement, tags, fields, timestamp."""
-    head, rest = text.split(" ", 1)
-    field_text, ts = rest.rsplit(" ", 1)
-    measurement, *tag_parts = head.split(",")
-    fields: dict[str, object] = {}
-    for key, value in re.findall(r'([^=,]+)=("(?:[^"\\]|\\.)*"|[^,]+)', field_text):
-        if value.startswith('"'):
-            fields[key] = value[1:-1]
-        elif value in ("true", "false"):
-            fields[key] = value == "true"
-        elif value.endswith("i"):
-            fields[key] = int(value[:-1])
-        else:
-            fields[key] = float(value)
-    return measurement, dict(part.split("=", 1) for part in tag_parts), fields, int(ts)
 
 
 def full_bin_book(start: int = T) -> EnergyBook:
@@ -142,7 +124,7 @@ def test_metrics_line_of_a_complete_bin_carries_the_hand_computed_figures():
     # CUE 0.1185975 / 0.2 = 0.5929875; market 0.225 x 0.6096 (national residual 2023) = 0.13716 kg, CUE 0.6858
     book = full_bin_book()
     m = metrics_for_period([book.site_bin("dc1", T)], T, T + BIN_MS, site_factors(DC1), period_label="15m")
-    measurement, tags, fields, ts = parse_line(metrics_line("dc1", m))
+    measurement, tags, fields, ts = parse(metrics_line("dc1", m))
     assert measurement == "site_metrics"
     assert tags == {"site": "dc1", "period": "15m"}
     assert ts == T  # the period's start, so a recomputed period overwrites its earlier value
@@ -166,7 +148,7 @@ def test_metrics_line_of_a_complete_bin_carries_the_hand_computed_figures():
 
 def test_metrics_line_of_a_period_without_data_says_why_and_leaves_figures_out():
     m = metrics_for_period([], T, T + HOUR, site_factors(DC1), period_label="1h")
-    measurement, tags, fields, ts = parse_line(metrics_line("dc1", m))
+    measurement, tags, fields, ts = parse(metrics_line("dc1", m))
     assert (measurement, tags, ts) == ("site_metrics", {"site": "dc1", "period": "1h"}, T)
     assert fields["pue_status"] == "no-facility-data" and fields["green_status"] == "no-facility-data"
     assert (fields["bins_total"], fields["bins_complete"], fields["coverage"]) == (4, 0, 0.0)
@@ -183,7 +165,7 @@ def test_metrics_line_carries_a_status_with_spaces_as_one_string_field():
     book.add_host_point(H01, Point("s-h01", 0, T, 0.0), None)
     book.add_host_point(H01, Point("s-h01", 1, T + BIN_MS, 450_000.0), None)
     m = metrics_for_period([book.site_bin("dc1", T)], T, T + BIN_MS, site_factors(DC1), period_label="15m")
-    _, _, fields, _ = parse_line(metrics_line("dc1", m))
+    _, _, fields, _ = parse(metrics_line("dc1", m))
     assert fields["pue_status"] == "it-coverage-low 0.50 < 0.98"
     assert fields["host_coverage"] == 0.5 and "pue" not in fields
     assert fields["e_facility_kwh"] == pytest.approx(0.3)
@@ -257,7 +239,7 @@ def test_accumulator_lines_for_a_rack_and_a_meter():
     # utility-1: 0-6 min at 900 W = 324 000 J
     book.add_meter_point(UTILITY, Point("s-utility", 0, T, 0.0))
     book.add_meter_point(UTILITY, Point("s-utility", 1, T + 6 * MIN, 324_000.0))
-    lines = sorted(parse_line(text) for text in reporter(book).accumulator_lines(book.take_dirty()))
+    lines = sorted(parse(text) for text in reporter(book).accumulator_lines(book.take_dirty()))
     assert [(m, ts) for m, _, _, ts in lines] == [("meter_energy", T), ("rack_energy", T)]  # none for "hosts"
     (_, meter_tags, meter_fields, _), (_, rack_tags, rack_fields, _) = lines
     assert rack_tags == {"site": "dc1", "room": "hall-a", "rack": "r01"}
@@ -276,7 +258,7 @@ def test_rack_host_coverage_is_capped_at_one():
         book.add_host_point(host, Point(session, 0, T, 0.0), None)
         book.add_host_point(host, Point(session, 1, T + BIN_MS, 1.0), None)
     (text,) = [t for t in reporter(book).accumulator_lines(book.take_dirty()) if t.startswith("rack_energy")]
-    assert parse_line(text)[2]["host_coverage"] == 1.0
+    assert parse(text)[2]["host_coverage"] == 1.0
 
 
 def test_site_lines_cover_the_periods_of_changed_bins_and_the_standard_ones():
@@ -284,7 +266,7 @@ def test_site_lines_cover_the_periods_of_changed_bins_and_the_standard_ones():
     r = reporter(book)
     r.accumulator_lines(book.take_dirty())
     now = T + 20 * MIN  # the bin T ended 5 minutes ago
-    parsed = [parse_line(text) for text in r.site_lines(now)]
+    parsed = [parse(text) for text in r.site_lines(now)]
     by_period = {(tags["period"], ts): fields for _, tags, fields, ts in parsed}
     # T is 08:00 on 2 March in Shanghai. Standard periods at now: 15m [T, T+15 min), 1h [T-1h, T), 1d 1 March
     # local (from 28 Feb 16:00Z), mtd from 1 March local, 12m from 08:15 local on 2 March 2025 (00:15Z); the bin

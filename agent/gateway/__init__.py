@@ -1,0 +1,1 @@
+"""dcem-meter-gateway: reads facility electricity meters over Modbus TCP and publishes them as meter samples."""

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agent.gateway.registers import RegisterMap, load_profile
 from common.contract import EnergySource, MeterRole, check_level
+from common.logs import LogConfig
 from common.mqtt import MqttConfig
 
 ENV_PREFIX = "DCEM_GATEWAY"
@@ -86,11 +86,6 @@ class MeterConfig(_Section):
     def register_map(self) -> RegisterMap:
         """The inline map, or the named profile."""
         return self.registers if self.registers is not None else load_profile(self.profile)
-
-
-class LogConfig(_Section):
-    level: Literal["debug", "info", "warning", "error"] = "info"
-    format: Literal["logfmt", "json"] = "logfmt"
 
 
 class GatewayConfig(_Section):

@@ -209,7 +209,10 @@ class MeterPoller:
             raise MeterReadError(f"no answer ({type(exc).__name__})") from None
         if response.isError():
             raise MeterReadError(f"Modbus exception code {response.exception_code} at address {spec.address}")
-        return decode_raw(list(response.registers[:spec.count]), spec)
+        try:
+            return decode_raw(list(response.registers), spec)
+        except ValueError as exc:
+            raise MeterReadError(f"unusable answer at address {spec.address}: {exc}") from None
 
     def _sample(self, energy_raw: int | float, power_kw: float | None, now_s: float, now_ms: int) -> MeterSample:
         step = self.counter.update(energy_raw)

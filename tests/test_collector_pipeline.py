@@ -87,3 +87,28 @@ def test_bad_messages_are_rejected_by_reason_and_dead_lettered(tmp_path, servers
         "future-timestamp": 1}
     assert {m.topic.rsplit("/", 1)[1] for m in dead_letters} == set(running.collector.ingest.rejected)
     assert rows(db, "SELECT * FROM host") == []
+
+
+def test_a_message_with_mqtt5_properties_takes_pahos_own_path_and_is_counted(tmp_path, servers):
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    broker, influx, _db = servers
+    now = int(time.time() * 1000)
+    host = DEVICES[0]
+    plain = messages(host, "session-props-1", now - 120_000, now - 60_000, step_ms=60_000)
+    running = RunningCollector(collector_config(tmp_path, broker, influx))
+    client = make_client(MqttConfig(host="127.0.0.1", port=broker.port), "properties-publisher")
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    try:
+        properties = Properties(PacketTypes.PUBLISH)
+        properties.UserProperty = ("origin", "test")
+        client.publish(*plain[0], qos=1, properties=properties).wait_for_publish(10)
+        client.publish(*plain[1], qos=1).wait_for_publish(10)
+        assert wait_for(lambda: running.collector.ingest.outcomes["new"] == 2)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+        running.close()
+    assert sum(running.collector.ingest.rejected.values()) == 0

@@ -1,5 +1,5 @@
-"""The simulator through the real collector (mosquitto, influxd): every stored 15-minute PUE, green ratio and
-E_IT equals the simulator's ground truth to floating-point rounding.
+"""A simulated day through the real collector (mosquitto, influxd): every stored 15-minute and hourly PUE,
+green ratio, CUE and energy equals the simulator's ground truth to floating-point rounding.
 
 The site has a UPS output meter, so the collector reports PUE1 (IT from that meter); the simulator's UPS output
 is the hosts' summed server input, so PUE1 also equals the estimated PUE, and the hosts' energy per rack adds
@@ -39,15 +39,17 @@ def collector_config(tmp_path, broker, influx, site_yaml) -> CollectorConfig:
 
 def test_stored_15_minute_metrics_equal_the_ground_truth(tmp_path, servers):
     broker, influx, db = servers
-    scenario = load_scenario(DEFAULT_SCENARIO).model_copy(update={"duration_h": 2.0, "step_s": 60})
+    scenario = load_scenario(DEFAULT_SCENARIO).model_copy(update={"duration_h": 24.0, "step_s": 300})
     begin = start_ms(scenario, int(time.time() * 1000))
-    truth = {b["start_ms"]: b for b in ground_truth(scenario, begin)["bins"]}
+    whole_truth = ground_truth(scenario, begin)
+    truth = {b["start_ms"]: b for b in whole_truth["bins"]}
     site_yaml = write_site_config(tmp_path / "site" / "site.yaml", scenario)
     running = RunningCollector(collector_config(tmp_path, broker, influx, site_yaml))
     query = f"SELECT * FROM site_metrics WHERE period='15m' AND pue_status='ok' AND time >= {begin}ms"
     try:
-        assert publish(messages(scenario, begin), "127.0.0.1", broker.port, speed=0, max_inflight=50) == 121 * 30
-        found = wait_for(lambda: len(rows(db, query)) == len(truth) and rows(db, query), timeout_s=20)
+        assert publish(messages(scenario, begin), "127.0.0.1", broker.port, speed=0, max_inflight=200) == 289 * 30
+        found = wait_for(lambda: len(rows(db, query)) == len(truth) and rows(db, query), timeout_s=90)
+        time.sleep(1.0)  # the last metrics round, after the final messages
     finally:
         running.close()
     assert found, rows(db, "SELECT time, pue_status, coverage FROM site_metrics WHERE period='15m'")
@@ -65,3 +67,13 @@ def test_stored_15_minute_metrics_equal_the_ground_truth(tmp_path, servers):
     assert hosts_it.keys() == truth.keys()
     for start, kwh in hosts_it.items():
         assert kwh == pytest.approx(truth[start]["e_it_kwh"], rel=ROUNDING, abs=0)
+
+    hours = {row["time"]: row for row in rows(db, f"SELECT * FROM site_metrics WHERE period='1h' AND time >= {begin}ms")}
+    whole_hours = [h for h in whole_truth["hours"] if h["bins"] == 4]
+    assert whole_hours
+    for expected in whole_hours:
+        row = hours[expected["period"]]
+        for field in ("pue", "green_ratio", "e_facility_kwh", "cue_location", "cue_market"):
+            assert row[field] == pytest.approx(expected[field], rel=ROUNDING, abs=0), (field, expected["period"])
+    stored_day_it = sum(row["e_it_kwh"] for row in found)
+    assert stored_day_it == pytest.approx(whole_truth["run"]["e_ups_output_kwh"], rel=ROUNDING)

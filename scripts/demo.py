@@ -1,9 +1,11 @@
-"""The demo: a broker, a database, this machine's agent and the collector, on loopback, for a minute.
+"""The demo: a simulated data-center day and this machine's agent, through a broker, the collector and InfluxDB.
 
-Starts mosquitto and InfluxDB 1.x with configs in a temporary folder, runs the collector and the real
-agent of this machine (without RAPL or a GPU it says so and uses its CPU model), prints what the agent
-publishes as it arrives, then what the collector stored. Everything it started is stopped at the end,
-also on Ctrl-C.
+Starts mosquitto and InfluxDB 1.x on loopback with configs in a temporary folder, runs the collector, this
+machine's real agent (without RAPL or a GPU it says so and uses its CPU model) and the site simulator
+(simulator/scenarios/small-site.yaml: GPU racks, cooling that follows the weather, PV, a green-power
+feeder, a diesel test run) for one simulated day in accelerated time. Then it prints the site's PUE, CUE,
+green ratio and coverage by period as the collector stored them, beside the simulator's ground truth.
+Everything it started is stopped at the end, also on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -14,28 +16,40 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
+import yaml
+
 from collector.writers import InfluxV1Writer
-from common.contract import SAMPLES_CHANNEL, decode_batch, subscription
 from common.local_servers import Influxd, Mosquitto
-from common.mqtt import MqttConfig, connect, make_client
+from simulator.cli import DEFAULT_SCENARIO
+from simulator.messages import messages
+from simulator.run import publish
+from simulator.scenario import load_scenario, start_ms
+from simulator.site_config import site_config
+from simulator.truth import ground_truth
 
 HOST = socket.gethostname().split(".")[0] or "demo-host"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=60.0, help="how long the agent runs")
+    parser.add_argument("--hours", type=float, default=24.0, help="simulated hours (default a day)")
+    parser.add_argument("--step", type=int, default=60, help="simulated seconds between samples (divides 900)")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     with tempfile.TemporaryDirectory(prefix="dcem-demo-") as folder:
-        return run(Path(folder), args.seconds)
+        try:
+            return run(Path(folder), args.hours, args.step)
+        except KeyboardInterrupt:
+            print("\ninterrupted; stopping everything")
+            return 130
 
 
-def run(folder: Path, seconds: float) -> int:
+def run(folder: Path, hours: float, step_s: int) -> int:
+    scenario = load_scenario(DEFAULT_SCENARIO).model_copy(update={"duration_h": hours, "step_s": step_s})
+    begin = start_ms(scenario, int(time.time() * 1000))
     broker, influx = Mosquitto(folder / "broker"), Influxd(folder / "influxd")
     processes: list[subprocess.Popen] = []
     try:
@@ -43,22 +57,18 @@ def run(folder: Path, seconds: float) -> int:
         influx.start()
         db = InfluxV1Writer(influx.url, "dcem")
         db.query("CREATE DATABASE dcem")
-        print(f"mosquitto on 127.0.0.1:{broker.port}, InfluxDB on {influx.url} (database dcem)\n")
-        collector_config = write_configs(folder, broker.port, influx.url)
-        processes.append(subprocess.Popen([sys.executable, "-m", "collector.cli", "--config", str(collector_config),
-                                          "--log-level", "warning"]))
-        watch_samples(broker.port)
-        print(f"agent of this machine ({HOST}) sampling every second for {seconds:.0f} s; what it publishes:")
-        agent = subprocess.Popen([sys.executable, "-m", "agent.cli", "--config", str(folder / "agent.toml"),
-                                  "--count", str(int(seconds))])
-        processes.append(agent)
-        agent.wait()
+        step(f"mosquitto on 127.0.0.1:{broker.port}, InfluxDB on {influx.url} (database dcem)")
+        write_configs(folder, scenario, broker.port, influx.url)
+        processes.append(start("collector", "collector.cli", folder / "collector.toml"))
+        processes.append(start("agent", "agent.cli", folder / "agent.toml", "--count", "600"))
         time.sleep(3)
-        print_stored(db)
+        step(f"simulating {scenario.site}: {hours:g} h from {local(begin, scenario.timezone)}, a sample every "
+             f"{step_s} s from every host and meter, published as fast as the broker takes them")
+        sent = publish_with_progress(scenario, begin, broker.port)
+        step(f"{sent} messages published; waiting for the collector to account them")
+        wait_until_counted(db, scenario.site, begin, hours)
+        report(db, scenario, begin)
         return 0
-    except KeyboardInterrupt:
-        print("\ninterrupted; stopping everything")
-        return 130
     finally:
         for process in processes:
             if process.poll() is None:
@@ -68,22 +78,25 @@ def run(folder: Path, seconds: float) -> int:
         broker.stop()
 
 
-def write_configs(folder: Path, port: int, influx_url: str) -> Path:
-    (folder / "site.yaml").write_text(f"""
-sites:
-  - id: demo
-    name: "Demo site"
-    timezone: Asia/Shanghai
-    grid_region: central
-    rooms:
-      - id: lab
-        racks:
-          - id: r01
-            hosts: [{HOST}]
-""")
+def step(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+def local(ms: int, zone: str) -> str:
+    import pandas as pd
+
+    return pd.Timestamp(ms, unit="ms", tz="UTC").tz_convert(zone).strftime("%Y-%m-%d %H:%M %Z")
+
+
+def write_configs(folder: Path, scenario, port: int, influx_url: str) -> None:
+    sites = site_config(scenario)
+    sites["sites"].append({"id": "local", "name": "This machine", "timezone": scenario.timezone,
+                           "grid_region": str(scenario.grid_region),
+                           "rooms": [{"id": "lab", "racks": [{"id": "r01", "hosts": [HOST]}]}]})
+    (folder / "site.yaml").write_text(yaml.safe_dump(sites, sort_keys=False))
     (folder / "agent.toml").write_text(f"""
 [identity]
-site = "demo"
+site = "local"
 room = "lab"
 rack = "r01"
 host = "{HOST}"
@@ -95,9 +108,10 @@ host = "127.0.0.1"
 port = {port}
 [spool]
 path = "{folder / 'agent-spool.db'}"
+[log]
+level = "warning"
 """)
-    config = folder / "collector.toml"
-    config.write_text(f"""
+    (folder / "collector.toml").write_text(f"""
 site_config = "{folder / 'site.yaml'}"
 [mqtt]
 host = "127.0.0.1"
@@ -109,44 +123,89 @@ database = "dcem"
 [state]
 folder = "{folder / 'collector'}"
 [report]
-metrics_interval_s = 5.0
+metrics_interval_s = 2.0
+[log]
+level = "warning"
 """)
-    return config
 
 
-def watch_samples(port: int) -> None:
-    """Print a line for every batch the agent publishes."""
-    client = make_client(MqttConfig(host="127.0.0.1", port=port), "demo-watcher")
-
-    def show(_client, _userdata, message) -> None:
-        batch = decode_batch(message.payload)
-        for sample in batch.samples:
-            parts = [f"{r.component}={r.power_w:.1f}W({r.method})" for r in sample.readings if r.power_w is not None]
-            print(f"{message.topic}  seq={sample.seq}  {'  '.join(parts) or '(first sample: counters start)'}")
-
-    client.on_connect = lambda c, *_: c.subscribe(subscription(SAMPLES_CHANNEL), qos=1)
-    client.on_message = show
-    connect(client, MqttConfig(host="127.0.0.1", port=port))
-    threading.Thread(target=client.loop_forever, daemon=True).start()
+def start(name: str, module: str, config: Path, *extra: str) -> subprocess.Popen:
+    step(f"starting the {name} ({module.split('.')[0]})")
+    return subprocess.Popen([sys.executable, "-m", module, "--config", str(config), *extra])
 
 
-def print_stored(db: InfluxV1Writer) -> None:
-    def query(text: str) -> list[dict]:
-        result = db.query(text)["results"][0]
-        series = result.get("series", [])
-        return [dict(zip(s["columns"], v)) for s in series for v in s["values"]]
+def publish_with_progress(scenario, begin: int, port: int) -> int:
+    every = 5000
+    counted = 0
 
-    print("\nStored in InfluxDB (database dcem):")
-    hosts = query("SELECT count(server_input_w) AS points, mean(server_input_w) AS mean_w FROM host")
-    if hosts:
-        print(f"  host: {hosts[0]['points']} raw points, mean server input {hosts[0]['mean_w']:.1f} W (estimated)")
-    for rack in query("SELECT energy_kwh, host_coverage FROM rack_energy"):
-        print(f"  rack_energy bin {time.strftime('%H:%M', time.gmtime(rack['time'] / 1000))}Z: "
-              f"{rack['energy_kwh'] * 1000:.3f} Wh, host coverage {rack['host_coverage']:.1%}")
-    for metric in query("SELECT pue, pue_status, e_it_kwh FROM site_metrics WHERE period='1h'"):
-        print(f"  site_metrics 1h: PUE {metric['pue']} ({metric['pue_status']}), IT {metric['e_it_kwh']} kWh")
-    print("  (no facility meter in this demo yet: PUE is withheld rather than guessed)")
-    print(f"\nThe data was in {db.target}; the demo's servers stop now.")
+    def tracked():
+        nonlocal counted
+        for message in messages(scenario, begin):
+            counted += 1
+            if counted % every == 0:
+                step(f"  {counted} messages sent")
+            yield message
+
+    return publish(tracked(), "127.0.0.1", port, speed=0)
+
+
+def query(db: InfluxV1Writer, text: str) -> list[dict]:
+    result = db.query(text)["results"][0]
+    return [{**s.get("tags", {}), **dict(zip(s["columns"], v))} for s in result.get("series", []) for v in s["values"]]
+
+
+def wait_until_counted(db: InfluxV1Writer, site: str, begin: int, hours: float, timeout_s: float = 180) -> None:
+    bins = int(hours * 4)
+    deadline = time.monotonic() + timeout_s
+    found = 0
+    while time.monotonic() < deadline:
+        found = len(query(db, f"SELECT pue FROM site_metrics WHERE site='{site}' AND period='15m' "
+                              f"AND pue_status='ok' AND time >= {begin}ms"))
+        if found >= bins:
+            time.sleep(3)  # one more metrics round after the last bin
+            return
+        time.sleep(1)
+    step(f"only {found} of {bins} bins complete after {timeout_s:.0f} s; showing what is there")
+
+
+def report(db: InfluxV1Writer, scenario, begin: int) -> None:
+    truth = ground_truth(scenario, begin)
+    site = scenario.site
+    print(f"\nSite {site} ({scenario.timezone}), as stored by the collector:")
+    print(f"{'period':<27}{'PUE':>8}  {'category':<10}{'coverage':>9}{'CUE loc':>9}{'CUE mkt':>9}{'green':>8}  status")
+    shown = []
+    for period, count in (("1h", 3), ("1d", 2), ("mtd", 1), ("12m", 1)):
+        shown += query(db, f"SELECT * FROM site_metrics WHERE site='{site}' AND period='{period}' "
+                           f"ORDER BY time DESC LIMIT {count}")[::-1]
+    for row in shown:
+        label = f"{row['period']} from {local(row['time'], scenario.timezone)[:16]}"
+        print(f"{label:<27}{fmt(row.get('pue'), 3):>8}  {row.get('pue_category') or '-':<10}"
+              f"{fmt(row.get('coverage'), 2):>9}{fmt(row.get('cue_location'), 3):>9}{fmt(row.get('cue_market'), 3):>9}"
+              f"{fmt(row.get('green_ratio'), 3):>8}  {row.get('pue_status')}")
+    bins = query(db, f"SELECT e_facility_kwh, e_it_kwh FROM site_metrics WHERE site='{site}' AND period='15m' "
+                     f"AND pue_status='ok' AND time >= {begin}ms")
+    stored_facility = sum(b["e_facility_kwh"] for b in bins)
+    stored_it = sum(b["e_it_kwh"] for b in bins)
+    run = truth["run"]
+    print(f"\nThe whole run from the stored 15-minute bins: facility {stored_facility:.3f} kWh, IT {stored_it:.3f} kWh,"
+          f" PUE {stored_facility / stored_it:.4f}")
+    print(f"The simulator's ground truth:               facility {run['e_facility_kwh']:.3f} kWh, IT "
+          f"{run['e_ups_output_kwh']:.3f} kWh, PUE {run['pue1']:.4f}, green {run['green_ratio']:.4f}")
+    factors = truth["factors"]
+    print(f"Emission factors used: grid {factors['grid']} kgCO2/kWh ({factors['region']}, {factors['year']}), "
+          f"residual {factors['residual']}, diesel {factors['diesel']}")
+    local_host = query(db, "SELECT count(server_input_w) AS n, mean(server_input_w) AS w, last(cpu_method) AS m "
+                           "FROM host WHERE site='local'")
+    if local_host:
+        print(f"\nThis machine ({HOST}): {local_host[0]['n']} raw points, mean server input "
+              f"{local_host[0]['w']:.1f} W, CPU method {local_host[0]['m']} (site 'local' has no facility meter, "
+              f"so it gets no PUE: withheld rather than guessed)")
+    print(f"\nThe data was in {db.target}; the demo's servers stop now. Alert rules and Grafana dashboards are not"
+          " provided yet.")
+
+
+def fmt(value, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 if __name__ == "__main__":

@@ -198,8 +198,8 @@ def report(db: InfluxV1Writer, scenario, begin: int) -> None:
                            "FROM host WHERE site='local'")
     if local_host:
         print(f"\nThis machine ({HOST}): {local_host[0]['n']} raw points, mean server input "
-              f"{local_host[0]['w']:.1f} W, CPU method {local_host[0]['m']} (site 'local' has no facility meter, "
-              f"so it gets no PUE: withheld rather than guessed)")
+              f"{fmt(local_host[0]['w'], 1)} W, CPU method {local_host[0]['m']} (site 'local' has no facility "
+              f"meter, so it gets no PUE: withheld rather than guessed)")
     print(f"\nThe data was in {db.target}; the demo's servers stop now. Alert rules and Grafana dashboards are not"
           " provided yet.")
 

@@ -197,7 +197,7 @@ def report(db: InfluxV1Writer, scenario, begin: int) -> None:
     local_host = query(db, "SELECT count(server_input_w) AS n, mean(server_input_w) AS w, last(cpu_method) AS m "
                            "FROM host WHERE site='local'")
     if local_host:
-        print(f"\nThis machine ({HOST}): {local_host[0]['n']} raw points, mean server input "
+        print(f"\nThis machine ({HOST}): {local_host[0]['n'] or 0} raw points, mean server input "
               f"{fmt(local_host[0]['w'], 1)} W, CPU method {local_host[0]['m']} (site 'local' has no facility "
               f"meter, so it gets no PUE: withheld rather than guessed)")
     print(f"\nThe data was in {db.target}; the demo's servers stop now. Alert rules and Grafana dashboards are not"

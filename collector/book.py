@@ -78,16 +78,34 @@ class EnergyBook:
         self.accumulators[key] = Accumulator(*row)
         self._index_bin(key)
 
-    def energy_bounds(self, stream: tuple, session: str, seq: int) -> tuple[float | None, float | None]:
-        """The counters of the nearest known points before and after seq in its session: a new point's
-        counter must lie between them, or the counter went backwards somewhere."""
+    def neighbours(self, stream: tuple, session: str, seq: int) -> tuple[Point | None, Point | None]:
+        """The nearest known points before and after seq in its session (the earliest point ever seen counts
+        too, for a session that dropped some): a new point's counter must fit between them."""
         state = self.streams.get(stream)
-        kept = state.sessions.get(session, []) if state else []
+        if state is None:
+            return None, None
+        kept = state.sessions.get(session, [])
         index = bisect.bisect_left(kept, seq, key=lambda p: p.seq)
-        earlier = kept[index - 1].energy_j if index > 0 else None
+        earlier = kept[index - 1] if index > 0 else None
         later_index = index + 1 if index < len(kept) and kept[index].seq == seq else index
-        later = kept[later_index].energy_j if later_index < len(kept) else None
+        later = kept[later_index] if later_index < len(kept) else None
+        earliest = state.earliest.get(session)
+        if index == 0 and earliest is not None and seq < earliest.seq:
+            later = earliest
         return earlier, later
+
+    def overlapping_session(self, stream: tuple, session: str, ts_ms: int) -> str | None:
+        """Another session of the same stream whose known span contains ts_ms: two senders claiming one
+        device (a cloned agent), whose energies must not both be counted."""
+        state = self.streams.get(stream)
+        if state is None:
+            return None
+        for other, kept in state.sessions.items():
+            if other != session and kept:
+                first = state.earliest.get(other, kept[0])
+                if first.ts_ms < ts_ms < kept[-1].ts_ms:
+                    return other
+        return None
 
     def take_dirty(self) -> dict[AccumulatorKey, Accumulator]:
         """The accumulators changed since the last call, and forget that they were."""

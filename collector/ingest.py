@@ -3,7 +3,8 @@
 Every message is either accepted whole or rejected whole with a short stable reason (counted, and sent to
 the dead-letter topic by the service). Reasons: bad-topic, malformed-json, schema, not-finite,
 out-of-range, unsupported-version, oversized (from the contract); unknown-site, unknown-device,
-kind-mismatch, future-timestamp, too-old, absurd-power, counter-backwards, no-energy-reading (here);
+kind-mismatch, future-timestamp, too-old, absurd-power (reported, or implied by the counters),
+counter-backwards, session-overlap (two senders claiming one device), no-energy-reading (here);
 internal-error (the service, should handling a message fail unexpectedly).
 """
 
@@ -117,22 +118,28 @@ class Ingest:
         return device
 
     def _check(self, batch: SampleBatch, device: HostInfo | MeterInfo, now_ms: int) -> None:
+        """Refuse the batch if any sample is impossible on its own or against the session's known points."""
         stream = _stream_of(device)
-        previous: float | None = None
+        limit = self.limits.max_meter_w if isinstance(device, MeterInfo) else self.limits.max_host_reading_w
+        previous: Point | None = None
         for sample in sorted(batch.samples, key=lambda s: s.seq):
             self._check_time(sample.ts_ms, now_ms, f"seq {sample.seq}")
-            limit = self.limits.max_meter_w if isinstance(device, MeterInfo) else self.limits.max_host_reading_w
             for reading in sample.readings:
                 if reading.power_w is not None and reading.power_w > limit:
                     raise ContractError("absurd-power", f"seq {sample.seq} {reading.component} {reading.id}: "
                                                         f"{reading.power_w:g} W > {limit:g} W")
-            energy = _energy_reading(sample, device).energy_j
-            known_before, known_after = self.book.energy_bounds(stream, batch.session, sample.seq)
-            floor = max((x for x in (previous, known_before) if x is not None), default=None)
-            if (floor is not None and energy < floor) or (known_after is not None and energy > known_after):
-                raise ContractError("counter-backwards", f"seq {sample.seq}: {energy:g} J does not fit between "
-                                                         f"{floor} J and {known_after} J in session {batch.session}")
-            previous = energy
+            point = Point(batch.session, sample.seq, sample.ts_ms, _energy_reading(sample, device).energy_j)
+            other = self.book.overlapping_session(stream, batch.session, point.ts_ms)
+            if other is not None:
+                raise ContractError("session-overlap", f"seq {sample.seq} falls inside session {other} of the same "
+                                                       "device: two senders claim it")
+            earlier, later = self.book.neighbours(stream, batch.session, sample.seq)
+            if previous is not None and (earlier is None or previous.seq > earlier.seq):
+                earlier = previous
+            for before, after in ((earlier, point), (point, later)):
+                if before is not None and after is not None:
+                    _check_counter(before, after, limit)
+            previous = point
 
     def _check_time(self, ts_ms: int, now_ms: int, what: str) -> None:
         if ts_ms > now_ms + self.limits.max_future_s * 1000:
@@ -203,6 +210,19 @@ class Ingest:
             return False
         self._last_raw_ms[key] = slot
         return True
+
+
+def _check_counter(before: Point, after: Point, limit_w: float) -> None:
+    """Counters only grow, and no faster than the power limit allows (so a jump is refused whenever it shows,
+    not only when the sender also reports an absurd power)."""
+    delta = after.energy_j - before.energy_j
+    if delta < 0:
+        raise ContractError("counter-backwards", f"seq {after.seq}: {after.energy_j:g} J after seq {before.seq}: "
+                                                 f"{before.energy_j:g} J in session {after.session}")
+    seconds = max(1.0, (after.ts_ms - before.ts_ms) / 1000)
+    if delta / seconds > limit_w:
+        raise ContractError("absurd-power", f"seqs {before.seq}-{after.seq}: {delta:g} J in {seconds:g} s is more "
+                                            f"than {limit_w:g} W")
 
 
 def _stream_of(device: HostInfo | MeterInfo) -> tuple:

@@ -61,6 +61,7 @@ class SpooledOutput:
         self._rejected = rejected
         self._clock = clock
         self._lock = threading.Lock()
+        self._counters_lock = threading.Lock()  # enqueue updates counters outside _lock (held across writes)
         self._wake = threading.Event()
         self._once = Once()
         self._delay_s = 0.0
@@ -91,13 +92,21 @@ class SpooledOutput:
                 return True
             return self._to_spool(lines)
 
+    @property
+    def full(self) -> bool:
+        """The spool holds as many batches as it may: enqueue refuses more rather than drop the oldest."""
+        return self._spool.depth >= self._spool.max_items
+
     def enqueue(self, lines: list[str]) -> bool:
-        """Spool one batch for the drainer thread (`run_drainer`) to write; True once it is on disk.
+        """Spool one batch for the drainer thread (`run_drainer`) to write; True once it is on disk, False
+        when the spool is full (nothing is dropped: the caller keeps the batch and tries again later).
 
         Unlike submit, this never waits for InfluxDB, so the caller goes on while the database writes.
         """
         if not lines:
             return True
+        if self.full:
+            return False
         stored = self._to_spool(lines)
         self._wake.set()
         return stored
@@ -171,8 +180,9 @@ class SpooledOutput:
             return False
         if self._once.clear("spool-failed"):
             event(log, logging.INFO, "output-spool-recovered", spool=self._spool.path)
-        self._spooled_batches += 1
-        self._spooled_lines += len(lines)
+        with self._counters_lock:
+            self._spooled_batches += 1
+            self._spooled_lines += len(lines)
         self._check_dropped()
         return True
 

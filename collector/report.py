@@ -64,13 +64,20 @@ class Reporter:
     def site_lines(self, now_ms: int) -> list[str]:
         """Site metrics for the standard periods at now_ms and every period the changed bins belong to."""
         lines = []
+        end_of_data = now_ms - now_ms % BIN_MS
         for site in self.sites:
             periods = set(standard_periods(now_ms, site.timezone))
-            for start in self._touched.get(site.id, ()):
+            touched = self._touched.get(site.id, set())
+            for start in touched:
                 periods |= set(periods_of_bin(start, now_ms, site.timezone))
             lines += [metrics_line(site.id, m) for m in self.metrics(site.id, sorted(periods))]
-        self._touched.clear()
+            self._touched[site.id] = {start for start in touched if start + BIN_MS > end_of_data}  # still running
         return lines
+
+    def forget_before(self, start_ms: int) -> None:
+        """Drop cached site bins older than start_ms (the book forgot them)."""
+        for key in [key for key in self._bins if key[1] < start_ms]:
+            del self._bins[key]
 
     def metrics(self, site_id: str, periods: Iterable[Period]) -> list[SiteMetrics]:
         results = []

@@ -144,6 +144,14 @@ class Collector:
                 continue
             backoff = 1.0
             now = time.monotonic()
+            if self.output.full:
+                self._log_limited("output-spool-full", logging.ERROR, backlog_batches=self.output.backlog_batches,
+                                  target=self.output.target,
+                                  action="InfluxDB has been unreachable for long: messages are no longer "
+                                         "acknowledged and wait at the broker; bring InfluxDB back or enlarge "
+                                         "state.output_spool_max_batches")
+                stop.wait(0.5)
+                continue
             if self.pending and (len(self.pending) >= ingest.max_batch or now - batch_started >= ingest.flush_interval_s):
                 self.flush()
                 batch_started = time.monotonic()
@@ -163,7 +171,10 @@ class Collector:
         self.shutdown()
 
     def flush(self) -> None:
-        """Account the pending messages, make the result durable, then acknowledge them."""
+        """Account the pending messages, make the result durable, then acknowledge them.
+
+        Called only while the output spool has room (the run loop waits otherwise), so the batch's lines
+        always find a place in it."""
         batch, self.pending = self.pending, []
         now_ms = _now_ms()
         for topic, payload, _mid, _qos, retained in batch:
@@ -201,6 +212,7 @@ class Collector:
         oldest_accepted = now_ms - int(self.config.limits.max_age_s * 1000)
         cutoffs = (oldest_accepted - DAY_MS, oldest_accepted - DAY_MS, now_ms - SITE_BINS_KEPT_MS)
         dropped = self.book.forget(*cutoffs)
+        self.reporter.forget_before(min(cutoffs))
         deleted = self.store.prune(self.config.state.keep_points, *cutoffs)
         event(log, logging.DEBUG, "state-pruned", memory_entries=dropped, rows=deleted)
 

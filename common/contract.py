@@ -30,6 +30,7 @@ MAX_SAMPLES_PER_BATCH = 600
 MAX_READINGS_PER_SAMPLE = 128
 MAX_INTERVAL_S = 3600.0
 MAX_INT64 = 2**63 - 1  # what a database integer field holds
+MAX_ENERGY_J = 1e18  # 31 years of 1 GW: far beyond any session, far from float overflow in the accounting
 
 _LEVEL_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 LEVEL_RULE = "1 to 64 characters from A-Z a-z 0-9 _ . -"
@@ -93,7 +94,7 @@ class Reading(_Strict):
     id: str = Field(min_length=1, max_length=96, pattern=r"^[A-Za-z0-9_.:/\-]+$")
     method: Method
     power_w: float | None = Field(default=None, ge=0, description="mean power over the interval, W")
-    energy_j: float | None = Field(default=None, ge=0, description="cumulative J since session start")
+    energy_j: float | None = Field(default=None, ge=0, le=MAX_ENERGY_J, description="cumulative J since session start")
     # GPU extras
     name: str | None = Field(default=None, max_length=96)
     power_instant_w: float | None = Field(default=None, ge=0)

@@ -138,10 +138,12 @@ REJECTIONS = {
     "meter reading of 500 000 001 W": (UTILITY_TOPIC, meter_msg([meter_sample(0, T, 0.0, power_w=500e6 + 1)]),
                                        "absurd-power"),
     "counter going back within one batch": (
-        H01_TOPIC, host_msg([host_sample(0, T, 100.0), host_sample(1, T + MIN, 50.0)], "session-h01-bbbb"),
+        H01_TOPIC, host_msg([host_sample(0, T + 10 * MIN, 100.0), host_sample(1, T + 11 * MIN, 50.0)],
+                            "session-h01-bbbb"),
         "counter-backwards"),
     "counter going back within one batch listed out of order": (
-        H01_TOPIC, host_msg([host_sample(1, T + MIN, 50.0), host_sample(0, T, 100.0)], "session-h01-bbbb"),
+        H01_TOPIC, host_msg([host_sample(1, T + 11 * MIN, 50.0), host_sample(0, T + 10 * MIN, 100.0)],
+                            "session-h01-bbbb"),
         "counter-backwards"),
     "counter going back across batches of one session": (
         H01_TOPIC, host_msg([host_sample(3, T + 3 * MIN, 59_999.0)]), "counter-backwards"),
@@ -331,9 +333,10 @@ STREAM_DEVICES = {"h01": (H01, "host"), "h02": (H02, "host"), "utility-1": (UTIL
 def deliveries(draw):
     """Sessions of samples, the messages they are batched into, and an arrival order with duplicates."""
     sessions = []
+    session_end = T  # a device runs one session at a time: each starts after the previous ones ended
     for number in range(draw(st.integers(1, 3))):
         device = draw(st.sampled_from(sorted(STREAM_DEVICES)))
-        start = T + draw(st.integers(0, 60)) * MIN
+        start = session_end + draw(st.integers(0, 60)) * MIN
         steps_ms = draw(st.lists(st.integers(1, 900_000), min_size=1, max_size=11))
         watts = draw(st.lists(st.floats(0.0, 5_000.0), min_size=len(steps_ms), max_size=len(steps_ms)))
         times, energies = [start], [0.0]
@@ -341,6 +344,7 @@ def deliveries(draw):
             times.append(times[-1] + step)
             energies.append(energies[-1] + power * step / 1000)
         sessions.append((device, f"session-{number}-{device}", list(zip(times, energies))))
+        session_end = times[-1]
     messages = []  # (session index, first seq, last seq + 1)
     for index, (_device, _session, points) in enumerate(sessions):
         inner = range(1, len(points))  # where a message may end and the next begin
@@ -425,3 +429,37 @@ def test_constant_power_streams_longer_than_the_kept_points_give_the_same_energi
     # 59 intervals of 40 s at 500 W = 1 180 000 J in total, over bins T .. T+30 min
     total = sum(acc.energy_j for key, acc in reference.book.accumulators.items() if key[0] == "rack")
     assert total == pytest.approx(500.0 * 59 * 40)
+
+
+def test_a_counter_jump_is_refused_every_time_it_shows_not_only_with_an_absurd_reported_power(ingest):
+    # baseline: seq 2 at T+2 min with 60 000 J; seq 3 claims 1e9 J more a minute later (16.7 MW) while
+    # reporting a plausible 500 W: refused, and so is any later sample whose counter keeps the jump
+    spike = host_msg([host_sample(3, T + 3 * MIN, 60_000.0 + 1e9)])
+    assert ingest.handle(H01_TOPIC, spike, NOW).reason == "absurd-power"
+    carried = host_msg([host_sample(4, T + 4 * MIN, 60_000.0 + 1e9 + 30_000.0)])
+    assert ingest.handle(H01_TOPIC, carried, NOW).reason == "absurd-power"
+    honest = host_msg([host_sample(4, T + 4 * MIN, 120_000.0)])  # 500 W for the 2 minutes since seq 2
+    assert ingest.handle(H01_TOPIC, honest, NOW) is None
+    assert ingest.book.accumulators[("hosts", "dc1", T)].energy_j == pytest.approx(120_000.0)
+
+
+def test_an_energy_beyond_the_contract_bound_is_refused_before_it_can_overflow():
+    ingest = Ingest(INDEX, EnergyBook(INDEX), "dcem")
+    payload = host_msg([host_sample(0, T, 12_345.0)]).replace(b'"energy_j":12345.0', b'"energy_j":1e307')
+    assert ingest.handle(H01_TOPIC, payload, NOW).reason == "out-of-range"
+
+
+def test_a_late_point_is_bounded_by_the_earliest_point_of_a_trimmed_session():
+    # keep 2: after seqs 10, 11, 12 the book keeps 11 and 12 and remembers 10 as the earliest; seq 5 with
+    # 1 500 J would sit before seq 10's 1 000 J: its counter is too high, refused rather than subtracting
+    ingest = Ingest(INDEX, EnergyBook(INDEX, keep_points=2), "dcem")
+    for seq, energy in ((10, 1_000.0), (11, 2_000.0), (12, 3_000.0)):
+        assert ingest.handle(H01_TOPIC, host_msg([host_sample(seq, T + seq * MIN, energy)]), NOW + 60 * MIN) is None
+    late = host_msg([host_sample(5, T + 5 * MIN, 1_500.0)])
+    assert ingest.handle(H01_TOPIC, late, NOW + 60 * MIN).reason == "counter-backwards"
+
+
+def test_two_senders_claiming_one_host_are_not_both_counted(ingest):
+    # the baseline session runs T .. T+2 min; a second agent with the same identity reports inside that span
+    clone = host_msg([host_sample(0, T + MIN, 0.0)], "session-h01-clone")
+    assert ingest.handle(H01_TOPIC, clone, NOW).reason == "session-overlap"

@@ -292,3 +292,14 @@ def test_config_is_validated_and_makes_the_writer() -> None:
                      ({"api": "v2", "org": "dc", "bucket": "b", "bukket": "b"}, "Extra inputs")]:
         with pytest.raises(ValidationError, match=why):
             InfluxConfig(**bad)
+
+
+def test_a_full_output_spool_refuses_a_batch_instead_of_dropping_an_older_one(tmp_path) -> None:
+    """The collector acknowledges MQTT messages once their lines are spooled: dropping spooled lines later
+    would lose acknowledged data, so a full spool says no and the messages wait at the broker."""
+    unreachable = InfluxV1Writer(f"http://127.0.0.1:{free_port()}", DB, timeout_s=0.5)
+    output = SpooledOutput(unreachable, Spool(tmp_path / "spool.db", 3), clock=Clock())
+    assert all(output.enqueue([f"m v={i}i {i}"]) for i in range(3))
+    assert output.full and not output.enqueue(["m v=99i 99"])
+    assert output.stats().backlog_batches == 3 and output.stats().dropped_batches == 0
+    output.close()

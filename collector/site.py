@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo
@@ -19,6 +19,7 @@ from pydantic import field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from collector.factors import FactorError, FactorTable, GridRegion, default_factors, grid_factor
+from common.config import check_timezone
 from common.contract import EnergySource, MeterRole, check_level
 
 FACILITY_ROOM = "facility"
@@ -93,11 +94,7 @@ class Site(_Section):
     @field_validator("timezone")
     @classmethod
     def _known_timezone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r} (use an IANA name such as {DEFAULT_TIMEZONE})") from None
-        return value
+        return check_timezone(value)
 
     @field_validator("certificates")
     @classmethod

@@ -13,6 +13,7 @@ import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ValidationError
 
@@ -108,6 +109,15 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
             if isinstance(arg, type) and issubclass(arg, BaseModel):
                 return arg
     return None
+
+
+def check_timezone(value: str) -> str:
+    """value if it names an IANA time zone, else ValueError saying so."""
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {value!r} (use an IANA name such as Asia/Shanghai)") from None
+    return value
 
 
 def set_path(data: dict[str, Any], dotted: str, value: Any) -> None:

@@ -10,13 +10,14 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from collector.accounting import BIN_MS
 from collector.factors import GridRegion
 from collector.site import describe_errors, read_yaml
+from common.config import check_timezone
 from common.contract import check_level
 
 BIN_S = BIN_MS // 1000
@@ -168,11 +169,7 @@ class Scenario(_Section):
     @field_validator("timezone")
     @classmethod
     def _known_timezone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r}") from None
-        return value
+        return check_timezone(value)
 
     @field_validator("step_s")
     @classmethod

@@ -65,6 +65,11 @@ class Writer(Protocol):
         """Release connections."""
 
 
+# A partial write refused by a database limit is a configuration problem, not bad data: the batch must stay
+# in the spool (and the collector stop acknowledging once it fills) rather than be set aside.
+_DATABASE_LIMITS = ("max-values-per-tag", "max-series-per-database")
+
+
 def error_for_status(status: int, detail: str, target: str, kind: type[InfluxError] = WriteError) -> InfluxError:
     """The error for an HTTP status that is not a success, classified by what the caller should do."""
     line = offending_line(detail)
@@ -74,6 +79,10 @@ def error_for_status(status: int, detail: str, target: str, kind: type[InfluxErr
     if status in _CAUSES:
         return kind(f"{target} refused the request (HTTP {status}): {_CAUSES[status]} ({detail})",
                     retryable=False, status=status)
+    if any(limit in detail for limit in _DATABASE_LIMITS):
+        return kind(f"{target} refused points by a limit of its own configuration (HTTP {status}): {detail}; "
+                    "raise or disable that limit (InfluxDB 1.x: [data] max-values-per-tag = 0, "
+                    "max-series-per-database = 0)", retryable=False, status=status)
     return kind(f"{target} refused the data (HTTP {status}): {detail}", retryable=False, status=status,
                 bad_data=status in _BAD_DATA_STATUSES, line=line)
 

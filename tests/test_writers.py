@@ -303,3 +303,16 @@ def test_a_full_output_spool_refuses_a_batch_instead_of_dropping_an_older_one(tm
     assert output.full and not output.enqueue(["m v=99i 99"])
     assert output.stats().backlog_batches == 3 and output.stats().dropped_batches == 0
     output.close()
+
+
+def test_a_write_refused_by_a_database_limit_stays_in_the_spool_as_a_configuration_problem() -> None:
+    """influxd 1.x answers 400 'partial write: max-values-per-tag limit exceeded' past 100,000 values of a tag:
+    that is not bad data to set aside (the messages would be acknowledged and the points never stored)."""
+    from collector.writers import error_for_status
+
+    detail = '{"error":"partial write: max-values-per-tag limit exceeded (100000/100000): measurement=\\"host\\""}'
+    error = error_for_status(400, detail, "InfluxDB at http://db:8086")
+    assert not error.bad_data and not error.retryable
+    assert "max-values-per-tag = 0" in str(error)
+    malformed = error_for_status(400, '{"error":"unable to parse \'x y\': invalid field format"}', "db")
+    assert malformed.bad_data

@@ -13,13 +13,12 @@ from agent import __version__
 from agent.sampler import Sampler
 from common.contract import Overhead, Sample, Status
 from common.logs import event
-from common.publisher import SpoolPublisher, spool_item
+from common.beat import Beat, Every
+from common.publisher import STATUS_INTERVAL_S, SpoolPublisher, flush_publishers, spool_item
 from common.spool import Spool
 
 log = logging.getLogger(__name__)
 
-STATUS_INTERVAL_S = 60.0
-SHUTDOWN_FLUSH_S = 5.0
 
 
 class AgentRunner:
@@ -39,23 +38,16 @@ class AgentRunner:
 
     def run(self, stop: threading.Event, max_samples: int | None = None) -> None:
         """Sample until `stop` is set (or max_samples were taken), then flush what the broker will take."""
-        next_tick = time.monotonic()
-        last_publish = next_tick
-        last_status = float("-inf")
+        beat, publishing, reporting = Beat(self.interval_s), Every(self.publish_interval_s), Every(STATUS_INTERVAL_S)
+        publishing.due(time.monotonic())  # the first batch waits a whole publish interval
         while not stop.is_set() and (max_samples is None or self.samples_taken < max_samples):
             self._take_sample()
             now = time.monotonic()
             if self.publisher:
-                publish_due = now - last_publish >= self.publish_interval_s
-                self.publisher.pump(publish=publish_due)
-                last_publish = now if publish_due else last_publish
-                if now - last_status >= STATUS_INTERVAL_S and self.publisher.connected.is_set():
+                self.publisher.pump(publish=publishing.due(now))
+                if self.publisher.connected.is_set() and reporting.due(now):
                     self.publisher.publish_status(self.status())
-                    last_status = now
-            next_tick += self.interval_s
-            if next_tick < now:
-                next_tick = now + self.interval_s
-            stop.wait(next_tick - now)
+            beat.wait(stop)
         self._shutdown()
 
     def status(self) -> Status:
@@ -82,13 +74,7 @@ class AgentRunner:
     def _shutdown(self) -> None:
         if not self.publisher:
             return
-        deadline = time.monotonic() + SHUTDOWN_FLUSH_S
-        while self.publisher.connected.is_set() and time.monotonic() < deadline:
-            self.publisher.pump()
-            if self.spool.depth == 0:
-                break
-            time.sleep(0.05)
-        self.publisher.pump(publish=False)
+        flush_publishers([self.publisher])
         if self.publisher.connected.is_set():
             self.publisher.publish_status(Status(state="offline", session=self.sampler.session,
                                                  ts_ms=int(time.time() * 1000), version=__version__))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from itertools import groupby
 
@@ -24,6 +25,9 @@ from common.logs import Once, event
 from common.spool import Spool
 
 log = logging.getLogger(__name__)
+
+STATUS_INTERVAL_S = 60.0  # how often senders refresh their retained status
+SHUTDOWN_FLUSH_S = 5.0  # how long a stopping sender keeps publishing its spool
 
 
 def spool_item(session: str, sample: Sample) -> bytes:
@@ -125,6 +129,18 @@ class SpoolPublisher:
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         self._acks.append((mid, reason_code))
+
+
+def flush_publishers(publishers: list[SpoolPublisher], timeout_s: float = SHUTDOWN_FLUSH_S) -> None:
+    """At shutdown: publish what the spools hold while the broker takes it, for at most timeout_s, then settle
+    the acks that came back. What is left stays in the spools for the next start."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and any(p.connected.is_set() and p.spool.depth for p in publishers):
+        for publisher in publishers:
+            publisher.pump()
+        time.sleep(0.05)
+    for publisher in publishers:
+        publisher.pump(publish=False)
 
 
 def _fitting_batches(items: list[tuple[int, bytes]]):

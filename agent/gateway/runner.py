@@ -19,13 +19,12 @@ from agent import __version__
 from agent.gateway.poller import MeterPoller, MeterSample
 from common.contract import Status, encode
 from common.logs import event
-from common.publisher import SpoolPublisher, spool_item
+from common.beat import Beat, Every
+from common.publisher import STATUS_INTERVAL_S, SpoolPublisher, flush_publishers, spool_item
 from common.spool import Spool
 
 log = logging.getLogger(__name__)
 
-STATUS_INTERVAL_S = 60.0
-SHUTDOWN_FLUSH_S = 5.0
 MAX_PARALLEL_POLLS = 16
 
 
@@ -54,23 +53,18 @@ class GatewayRunner:
 
     def run(self, stop: threading.Event, max_cycles: int | None = None) -> None:
         """Poll until `stop` is set (or max_cycles polls were made), then flush what the broker will take."""
-        next_tick = time.monotonic()
-        last_publish = next_tick
-        last_status = float("-inf")
+        beat, publishing, reporting = Beat(self.interval_s), Every(self.publish_interval_s), Every(STATUS_INTERVAL_S)
+        publishing.due(time.monotonic())  # the first batch waits a whole publish interval
         try:
             while not stop.is_set() and (max_cycles is None or self.cycles < max_cycles):
                 self.poll_once()
                 now = time.monotonic()
-                publish_due = now - last_publish >= self.publish_interval_s
-                self._pump(publish_due)
-                last_publish = now if publish_due else last_publish
-                if now - last_status >= STATUS_INTERVAL_S and self.status_client.is_connected():
+                publish = publishing.due(now)
+                for channel in self.channels:
+                    channel.publisher.pump(publish=publish)
+                if self.status_client.is_connected() and reporting.due(now):
                     self._publish_statuses()
-                    last_status = now
-                next_tick += self.interval_s
-                if next_tick < now:
-                    next_tick = now + self.interval_s
-                stop.wait(next_tick - now)
+                beat.wait(stop)
         finally:
             self._shutdown()
 
@@ -92,10 +86,6 @@ class GatewayRunner:
         return Status(state=state, session=self.session, ts_ms=int(time.time() * 1000), version=__version__,
                       sensors={channel.poller.meter.id: channel.poller.state for channel in self.channels})
 
-    def _pump(self, publish: bool) -> None:
-        for channel in self.channels:
-            channel.publisher.pump(publish=publish)
-
     def _publish_statuses(self) -> None:
         self.status_client.publish(self.status_topic, encode(self.gateway_status()), qos=1, retain=True)
         for channel in self.channels:
@@ -108,11 +98,7 @@ class GatewayRunner:
 
     def _shutdown(self) -> None:
         self._pool.shutdown(wait=True)
-        deadline = time.monotonic() + SHUTDOWN_FLUSH_S
-        while time.monotonic() < deadline and any(self._unsent(channel) for channel in self.channels):
-            self._pump(publish=True)
-            time.sleep(0.05)
-        self._pump(publish=False)
+        flush_publishers([channel.publisher for channel in self.channels])
         for channel in self.channels:
             if channel.publisher.connected.is_set():
                 channel.publisher.publish_status(self._meter_status(channel.poller, "offline"))
@@ -120,7 +106,3 @@ class GatewayRunner:
             self.status_client.publish(self.status_topic, encode(self.gateway_status("offline")), qos=1, retain=True)
         event(log, logging.INFO, "gateway-stopped", cycles=self.cycles, samples=self.samples_taken,
               spool_depth=sum(channel.spool.depth for channel in self.channels))
-
-    @staticmethod
-    def _unsent(channel: MeterChannel) -> bool:
-        return channel.publisher.connected.is_set() and channel.spool.depth > 0

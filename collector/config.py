@@ -62,6 +62,10 @@ class ReportConfig(_Section):
     stats_interval_s: float = Field(default=10.0, gt=0)
 
 
+class RulesConfig(_Section):
+    folder: Path | None = Field(default=None, description="rule profiles (*.yaml); the shipped rules/ when unset")
+
+
 class CollectorConfig(_Section):
     site_config: Path
     mqtt: MqttConfig = MqttConfig()
@@ -70,4 +74,5 @@ class CollectorConfig(_Section):
     limits: LimitsConfig = LimitsConfig()
     state: StateConfig = StateConfig()
     report: ReportConfig = ReportConfig()
+    rules: RulesConfig = RulesConfig()
     log: LogConfig = LogConfig()

@@ -11,7 +11,7 @@ internal-error (the service, should handling a message fail unexpectedly).
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from collector.accounting import Point
 from collector.book import EnergyBook, Utilisation
@@ -44,6 +44,15 @@ class Limits:
     max_meter_w: float = 500e6
 
 
+@dataclass
+class DeviceObservations:
+    """What the operational rules need from the messages (collector/alerting.py): whether each device's last
+    status said online, and each GPU's latest stored power / power limit with its time."""
+
+    online: dict[tuple[str, str, str, str], bool] = field(default_factory=dict)
+    gpu_limit_ratio: dict[tuple[str, str, str, str, str], tuple[int, float | None]] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class Rejection:
     reason: str
@@ -61,6 +70,7 @@ class Ingest:
         self.rejected: Counter[str] = Counter()
         self.outcomes: Counter[str] = Counter()
         self.lines: list[str] = []
+        self.devices = DeviceObservations()
         self._last_raw_ms: dict[tuple, int] = {}
         self._series: dict[tuple, str] = {}
 
@@ -74,9 +84,11 @@ class Ingest:
             identity, channel = parse_topic(topic, self.topic_root)
             if channel == STATUS_CHANNEL:
                 if retained:
+                    self._note_retained_status(identity, payload)
                     return None
                 self._known(identity)
                 status = decode_status(payload)
+                self.devices.online[_key_of(identity)] = status.state == "online"
                 if status.ts_ms is not None:
                     self._check_time(status.ts_ms, now_ms, "status")
                 self.lines.append(_status_line(identity, status, now_ms))
@@ -95,6 +107,14 @@ class Ingest:
             self._accept_meter(batch, device)
         self.outcomes["messages"] += 1
         return None
+
+    def _note_retained_status(self, identity: Identity, payload: bytes) -> None:
+        """A replayed status is not stored again, but tells whether the device is online now."""
+        try:
+            self._known(identity)
+            self.devices.online[_key_of(identity)] = decode_status(payload).state == "online"
+        except ContractError:
+            pass  # it was counted when first published
 
     def take_lines(self) -> list[str]:
         lines, self.lines = self.lines, []
@@ -195,6 +215,9 @@ class Ingest:
         if any(v is not None for v in fields.values()):
             lines.append(lineproto.point(self._series_of(("host", host), "host", tags), fields, sample.ts_ms))
         for gpu in gpus:
+            self.devices.gpu_limit_ratio[(host.site, host.room, host.rack, host.device, gpu.id)] = (
+                sample.ts_ms, gpu.power_w / gpu.power_limit_w
+                if gpu.power_w is not None and gpu.power_limit_w else None)
             gpu_series = self._series_of(("gpu", host, gpu.id), "gpu", {**tags, "gpu": gpu.id})
             lines.append(lineproto.point(gpu_series, {
                 "power_w": gpu.power_w, "power_avg_w": gpu.power_avg_w, "power_instant_w": gpu.power_instant_w,
@@ -223,6 +246,10 @@ def _check_counter(before: Point, after: Point, limit_w: float) -> None:
     if delta / seconds > limit_w:
         raise ContractError("absurd-power", f"seqs {before.seq}-{after.seq}: {delta:g} J in {seconds:g} s is more "
                                             f"than {limit_w:g} W")
+
+
+def _key_of(identity: Identity) -> tuple[str, str, str, str]:
+    return identity.site, identity.room, identity.rack, identity.device
 
 
 def _stream_of(device: HostInfo | MeterInfo) -> tuple:

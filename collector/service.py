@@ -21,6 +21,7 @@ from collections import Counter
 import paho.mqtt.client as paho
 
 from collector.accounting import BIN_MS
+from collector.alerting import Alerting, alert_line, alert_message, describe
 from collector.book import EnergyBook
 from collector.config import CollectorConfig
 from collector.ingest import Ingest, Limits, Rejection
@@ -28,6 +29,7 @@ from collector.ledger import load_site_ledgers
 from collector.lineproto import line
 from collector.output import SpooledOutput
 from collector.report import Reporter, site_factors
+from collector.rules import SHIPPED_RULES, load_profiles, rules_for_sites
 from collector.site import SiteConfigError, SiteIndex, load_site_config
 from collector.state import StateStore
 from collector.writers import make_writer
@@ -108,6 +110,10 @@ class Collector:
                              Limits(**config.limits.model_dump()), int(config.ingest.raw_resolution_s * 1000))
         self.reporter = Reporter(self.index, self.book, load_site_ledgers(site_config),
                                  {site.id: site_factors(site) for site in site_config.sites}, config.ingest.sites)
+        profiles = load_profiles(config.rules.folder or SHIPPED_RULES)
+        chosen = {site.id: site.rules for site in self.reporter.sites}
+        self.alerting = Alerting(rules_for_sites(profiles, chosen, str(config.site_config)), self.index, self.book,
+                                 self.reporter, folder / "alerts.json")
         self.output = SpooledOutput(make_writer(config.influx),
                                     Spool(folder / "output-spool.db", config.state.output_spool_max_batches),
                                     rejected=Spool(folder / "output-rejected.db", config.state.output_spool_max_batches))
@@ -159,6 +165,7 @@ class Collector:
                 batch_started = now
             if now >= next_metrics:
                 self.output.enqueue(self.reporter.site_lines(_now_ms()))
+                self.evaluate_rules(_now_ms())
                 next_metrics = now + self.config.report.metrics_interval_s
             if now >= next_stats:
                 self.output.enqueue([self._stats_line()])
@@ -200,6 +207,18 @@ class Collector:
         self.stats["messages"] += len(batch)
         self.stats["flushes"] += 1
 
+    def evaluate_rules(self, now_ms: int) -> None:
+        """Evaluate the sites' rules; store and publish (retained, QoS 1) every alert event."""
+        events = self.alerting.evaluate(now_ms, self.ingest.devices)
+        if not events:
+            return
+        self.output.enqueue([alert_line(e) for e in events])
+        for alert, text in zip(events, describe(events)):
+            self.stats[f"alerts_{alert.state}"] += 1
+            event(log, logging.WARNING if alert.active else logging.INFO, f"alert-{alert.state}", alert=text)
+            topic, payload = alert_message(alert, self.config.mqtt.topic_root)
+            self.client.publish(topic, payload, qos=1, retain=True)
+
     def _recompute_restored_bins(self, now_ms: int) -> None:
         """A collector stopped between saving a bin and writing its metrics would leave them stale: recompute
         the metrics of every bin a message could still change."""
@@ -220,6 +239,7 @@ class Collector:
         if self.pending:
             self.flush()
         self.output.enqueue(self.reporter.site_lines(_now_ms()))
+        self.evaluate_rules(_now_ms())
         self.output.drain(max_batches=1000)
         self._pump_network(time.monotonic())
         self.client.disconnect()
@@ -330,6 +350,8 @@ class Collector:
             "refinements_ignored": self.ingest.outcomes["refinement-ignored"],
             "rejected": sum(self.ingest.rejected.values()),
             "dead_letters_dropped": self.stats["dead_letters_dropped"],
+            "alerts_firing": self.stats["alerts_firing"], "alerts_resolved": self.stats["alerts_resolved"],
+            "alerts_active": len(self.alerting.active()),
             "backlog_batches": out.backlog_batches, "backlog_lines": out.backlog_lines,
             "written_lines": out.written_lines, "failed_writes": out.failed_writes,
             "write_latency_s": out.last_write_latency_s, "pending": len(self.pending),

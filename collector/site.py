@@ -88,6 +88,7 @@ class Site(_Section):
     certificates: Path | None = None
     min_it_coverage: float = Field(default=0.98, gt=0, le=1)
     require_facility_meter: bool = False
+    rules: tuple[str, ...] = Field(default=(), description="rule profiles (rules/*.yaml `profile`) to evaluate")
     rooms: tuple[Room, ...] = ()
     meters: tuple[Meter, ...] = ()
 

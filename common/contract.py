@@ -6,6 +6,7 @@ Topics carry the identity, so a broker ACL can confine each host's credentials t
 
     {root}/v1/{site}/{room}/{rack}/{device}/samples   one JSON SampleBatch per message, QoS 1
     {root}/v1/{site}/{room}/{rack}/{device}/status    retained JSON Status (online, or the last will: offline)
+    {root}/v1/alerts/{site}/{rule}[/{subject}]        retained JSON Alert, published by the collector
 
 A payload never repeats the identity: the topic is authoritative, and the ACL checks the topic.
 Energy is cumulative joules since the start of the sender's session, so the receiver can compute exact
@@ -34,6 +35,7 @@ MAX_ENERGY_J = 1e18  # 31 years of 1 GW: far beyond any session, far from float 
 
 _LEVEL_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 LEVEL_RULE = "1 to 64 characters from A-Z a-z 0-9 _ . -"
+_NOT_IN_LEVEL = str.maketrans({"/": "_", "+": "_", "#": "_"})
 
 
 class Method(StrEnum):
@@ -160,6 +162,27 @@ class Status(_Strict):
     overhead: Overhead | None = None
 
 
+class Alert(_Strict):
+    """An alert event published by the collector: a rule firing or resolving for a site or one of its devices."""
+
+    v: Literal[1] = PROTOCOL_VERSION
+    rule: str
+    title: str
+    site: str
+    subject: str = Field(default="", description="'' for a site rule; the device, meter or GPU otherwise")
+    state: Literal["firing", "resolved"]
+    ts_ms: int = Field(description="when the rule fired or resolved (data time for site metrics)")
+    since_ms: int | None = Field(default=None, description="when the condition began (firing) or the alert fired")
+    metric: str
+    period: str | None = None
+    comparison: str
+    threshold: float | None = None
+    value: float | None = None
+    severity: Literal["info", "warning", "critical"]
+    labels: dict[str, str] = Field(default_factory=dict)
+    source: str = Field(description="document (year), seed file and clause the threshold comes from")
+
+
 class Identity(_Strict):
     """Who sent a message: taken from the topic, never from the payload."""
 
@@ -194,6 +217,13 @@ def subscription(channel: str, root: str = DEFAULT_TOPIC_ROOT, site: str = "+") 
     return f"{root}/v{PROTOCOL_VERSION}/{site}/+/+/+/{channel}"
 
 
+def alert_topic(site: str, rule: str, subject: str = "", root: str = DEFAULT_TOPIC_ROOT) -> str:
+    """Where the collector publishes (retained) the latest event of one alert. The subject is one topic level
+    ('/', '+' and '#' in it become '_'), so an alert topic never has the 7 levels of a samples or status topic."""
+    level = subject.translate(_NOT_IN_LEVEL)
+    return f"{root}/v{PROTOCOL_VERSION}/alerts/{site}/{rule}" + (f"/{level}" if subject else "")
+
+
 def parse_topic(topic: str, root: str = DEFAULT_TOPIC_ROOT) -> tuple[Identity, str]:
     """Split a topic into (identity, channel) or raise ContractError('bad-topic', ...)."""
     parts = topic.split("/")
@@ -205,7 +235,7 @@ def parse_topic(topic: str, root: str = DEFAULT_TOPIC_ROOT) -> tuple[Identity, s
     return Identity(site=parts[2], room=parts[3], rack=parts[4], device=parts[5]), parts[6]
 
 
-def encode(message: SampleBatch | Status) -> bytes:
+def encode(message: SampleBatch | Status | Alert) -> bytes:
     return message.model_dump_json(exclude_none=True).encode()
 
 

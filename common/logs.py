@@ -52,13 +52,13 @@ class _JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             body["error"] = self.formatException(record.exc_info)
-        return json.dumps(body)
+        return json.dumps(body, ensure_ascii=False)
 
 
 def _quote(text: str) -> str:
     if text and not any(c in text for c in ' "=\n'):
         return text
-    return json.dumps(text)
+    return json.dumps(text, ensure_ascii=False)
 
 
 def _jsonable(value: object) -> object:

@@ -4,7 +4,8 @@ Starts mosquitto and InfluxDB 1.x on loopback with configs in a temporary folder
 machine's real agent (without RAPL or a GPU it says so and uses its CPU model) and the site simulator
 (simulator/scenarios/small-site.yaml: GPU racks, cooling that follows the weather, PV, a green-power
 feeder, a diesel test run) for one simulated day in accelerated time. Then it prints the site's PUE, CUE,
-green ratio and coverage by period as the collector stored them, beside the simulator's ground truth.
+green ratio and coverage by period as the collector stored them, beside the simulator's ground truth, and
+the alerts the collector raised from the rule profiles the site selects (with the documents they come from).
 Everything it started is stopped at the end, also on Ctrl-C.
 """
 
@@ -30,6 +31,7 @@ from simulator.scenario import load_scenario, start_ms
 from simulator.site_config import site_config
 from simulator.truth import ground_truth
 
+DEMO_PROFILES = ("wuhan-new-large", "national-hub-new", "gb-40879-2021", "operational")
 HOST = socket.gethostname().split(".")[0] or "demo-host"
 
 
@@ -90,8 +92,9 @@ def local(ms: int, zone: str) -> str:
 
 def write_configs(folder: Path, scenario, port: int, influx_url: str) -> None:
     sites = site_config(scenario)
+    sites["sites"][0]["rules"] = list(DEMO_PROFILES)
     sites["sites"].append({"id": "local", "name": "This machine", "timezone": scenario.timezone,
-                           "grid_region": str(scenario.grid_region),
+                           "grid_region": str(scenario.grid_region), "rules": ["operational"],
                            "rooms": [{"id": "lab", "racks": [{"id": "r01", "hosts": [HOST]}]}]})
     (folder / "site.yaml").write_text(yaml.safe_dump(sites, sort_keys=False))
     (folder / "agent.toml").write_text(f"""
@@ -200,8 +203,27 @@ def report(db: InfluxV1Writer, scenario, begin: int) -> None:
         print(f"\nThis machine ({HOST}): {local_host[0]['n'] or 0} raw points, mean server input "
               f"{fmt(local_host[0]['w'], 1)} W, CPU method {local_host[0]['m']} (site 'local' has no facility "
               f"meter, so it gets no PUE: withheld rather than guessed)")
-    print(f"\nThe data was in {db.target}; the demo's servers stop now. Alert rules and Grafana dashboards are not"
-          " provided yet.")
+    report_alerts(db, site, scenario.timezone, begin)
+    print(f"\nThe data was in {db.target}: measurements site_metrics (PUE, CUE, green "
+          "ratio by period), rack_energy, meter_energy, host, gpu, meter, device_status, alert, collector_stats "
+          "(docs/influx-schema.md). The demo's servers stop now.")
+
+
+def report_alerts(db: InfluxV1Writer, site: str, zone: str, begin: int) -> None:
+    """Every alert event of the run, with the rule's source, and the alerts still firing at the end."""
+    events = query(db, f"SELECT * FROM alert WHERE site='{site}' AND time >= {begin}ms")
+    print(f"\nAlerts for {site} (profiles {', '.join(DEMO_PROFILES)}; rules/README.md): {len(events)} events")
+    latest = {}
+    for e in events:
+        value = "no data" if e.get("value") is None else f"{e['value']:.4g}"
+        threshold = "" if e.get("threshold") is None else f" {e['threshold']:g}"
+        print(f"  {local(e['time'], zone)[5:16]}  {e['state']:<8} {e['severity']:<8} {e['rule']:<22} "
+              f"{e.get('period') or '':<4} {value} ({e['comparison']}{threshold})")
+        latest[(e["rule"], e.get("subject"))] = e
+    firing = [e for e in latest.values() if e["state"] == "firing"]
+    print(f"Firing at the end: {len(firing)}")
+    for e in firing:
+        print(f"  {e['rule']}: {e['title']}\n    source: {e['source']}")
 
 
 def fmt(value, digits: int) -> str:

@@ -3,8 +3,12 @@ InfluxQL read-back."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 from collector.config import CollectorConfig
 from collector.service import Collector
@@ -37,15 +41,21 @@ class RunningCollector:
         self.thread.join(30)
 
 
-def publish_all(port: int, payloads: list[tuple[str, bytes]]) -> None:
-    client = make_client(MqttConfig(host="127.0.0.1", port=port), "test-publisher")
+def publish_all(port: int, payloads: list[tuple[str, bytes]], config: MqttConfig | None = None,
+                client_id: str = "test-publisher") -> list:
+    """Publish at QoS 1 and wait for every acknowledgement; the MQTT 5 reason code of each (None with 3.1.1)."""
+    config = config or MqttConfig(host="127.0.0.1", port=port)
+    codes: dict[int, object] = {}
+    client = make_client(config, client_id)
+    client.on_publish = lambda c, u, mid, reason_code, properties: codes.__setitem__(mid, reason_code)
     client.connect("127.0.0.1", port)
     client.loop_start()
     infos = [client.publish(topic, payload, qos=1) for topic, payload in payloads]
     for info in infos:
-        info.wait_for_publish(10)
+        info.wait_for_publish(30)
     client.disconnect()
     client.loop_stop()
+    return [codes.get(info.mid) for info in infos]
 
 
 def rows(db: InfluxV1Writer, query: str) -> list[dict]:
@@ -64,3 +74,30 @@ def wait_for(predicate, timeout_s: float = 20.0):
             return value
         time.sleep(0.1)
     return predicate()
+
+
+def write_toml(path: Path, sections: dict[str, object]) -> Path:
+    """A TOML file from {key: value, section: {key: value}} with string, number, bool or string-list values."""
+    top = [f"{key} = {json.dumps(str(value) if isinstance(value, Path) else value)}"
+           for key, value in sections.items() if not isinstance(value, dict)]
+    for name, values in sections.items():
+        if isinstance(values, dict):
+            top += [f"[{name}]"] + [f"{key} = {json.dumps(str(v) if isinstance(v, Path) else v)}"
+                                    for key, v in values.items()]
+    path.write_text("\n".join(top) + "\n")
+    return path
+
+
+def start_collector_process(config: Path, timeout_s: float = 30.0) -> subprocess.Popen:
+    """`dcem-collector --config config` as a subprocess, returned once its subscription exists."""
+    process = subprocess.Popen([sys.executable, "-m", "collector.cli", "--config", str(config)],
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout_s
+    for log_line in process.stderr:
+        if "event=mqtt-subscribed" in log_line:
+            threading.Thread(target=process.stderr.read, daemon=True).start()  # keep the pipe from filling
+            return process
+        if time.monotonic() > deadline:
+            break
+    process.kill()
+    raise AssertionError(f"the collector ({config}) did not subscribe; exit code {process.wait()}")

@@ -5,8 +5,6 @@ PUE is exact (see tests/test_collector_pipeline.py for the hand-computed figures
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import time
 import urllib.parse
@@ -16,7 +14,8 @@ import pytest
 
 from tests.servers import Mosquitto, VictoriaMetrics
 from tests.site_stream import BIN_MS, DEVICES, HOSTS, HOUR_MS, messages
-from tests.collector_harness import RunningCollector, collector_config, publish_all, rows, wait_for
+from tests.collector_harness import (RunningCollector, collector_config, publish_all, rows,
+                                     start_collector_process, wait_for, write_toml)
 
 pytestmark = pytest.mark.servers
 
@@ -66,36 +65,23 @@ def test_influxdb_down_mid_run_loses_nothing(tmp_path, servers):
     assert_exact(db, start)
 
 
-def write_toml(config, path) -> None:
-    path.write_text(f"""
-site_config = "{config.site_config}"
-[mqtt]
-host = "127.0.0.1"
-port = {config.mqtt.port}
-[influx]
-api = "v1"
-url = "{config.influx.url}"
-database = "dcem"
-[state]
-folder = "{config.state.folder}"
-[ingest]
-flush_interval_s = 0.05
-[report]
-metrics_interval_s = 0.5
-""")
+def write_config(config, path):
+    return write_toml(path, {
+        "site_config": config.site_config,
+        "mqtt": {"host": "127.0.0.1", "port": config.mqtt.port},
+        "influx": {"api": "v1", "url": config.influx.url, "database": "dcem"},
+        "state": {"folder": config.state.folder},
+        "ingest": {"flush_interval_s": 0.05},
+        "report": {"metrics_interval_s": 0.5},
+    })
 
 
 def test_collector_killed_and_restarted_while_agents_publish_counts_everything_once(tmp_path, servers):
     broker, influx, db = servers
     start = hour_ago()
     data = site_data(start)
-    config_path = tmp_path / "collector.toml"
-    write_toml(collector_config(tmp_path, broker, influx), config_path)
-    command = [sys.executable, "-m", "collector.cli", "--config", str(config_path)]
-    first = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    for log_line in first.stderr:  # its session and subscription exist from here on
-        if "event=mqtt-subscribed" in log_line:
-            break
+    config_path = write_config(collector_config(tmp_path, broker, influx), tmp_path / "collector.toml")
+    first = start_collector_process(config_path)  # its session and subscription exist from here on
 
     publisher = threading.Thread(target=lambda: [publish_all(broker.port, data[i:i + 8]) or time.sleep(0.05)
                                                  for i in range(0, len(data), 8)])
@@ -104,7 +90,7 @@ def test_collector_killed_and_restarted_while_agents_publish_counts_everything_o
     first.kill()  # SIGKILL mid-stream: whatever it had not acknowledged, the broker sends again
     first.wait()
     publisher.join(60)
-    second = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    second = start_collector_process(config_path)
     try:
         ok = wait_for(lambda: len(rows(db, "SELECT pue FROM site_metrics WHERE period='15m' AND pue_status='ok'")) == 2
                       and rows(db, "SELECT count(server_input_w) AS n FROM host")[0]["n"] == 31 * len(HOSTS),

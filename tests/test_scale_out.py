@@ -5,7 +5,6 @@ ground truth, and neither collector sees the other's messages."""
 from __future__ import annotations
 
 import subprocess
-import sys
 import threading
 import time
 
@@ -18,7 +17,7 @@ from simulator.run import publish
 from simulator.scenario import load_scenario, start_ms
 from simulator.site_config import site_config
 from simulator.truth import ground_truth
-from tests.collector_harness import rows, wait_for
+from tests.collector_harness import rows, start_collector_process, wait_for, write_toml
 
 pytestmark = pytest.mark.servers
 
@@ -37,33 +36,14 @@ def test_two_collectors_share_the_sites_and_every_site_total_is_exact(tmp_path, 
     site_yaml.write_text(yaml.safe_dump({"sites": [site_config(s)["sites"][0] for s in scenarios.values()]}))
 
     def collector(site: str) -> subprocess.Popen:
-        """A dcem-collector process for one site, started once its subscription exists."""
-        config = tmp_path / f"collector-{site}.toml"
-        config.write_text(f"""
-site_config = "{site_yaml}"
-[mqtt]
-host = "127.0.0.1"
-port = {broker.port}
-[influx]
-api = "v1"
-url = "{influx.url}"
-database = "dcem"
-[state]
-folder = "{tmp_path / f"state-{site}"}"
-[ingest]
-client_id = "dcem-collector-{site}"
-sites = ["{site}"]
-flush_interval_s = 0.05
-[report]
-metrics_interval_s = 0.5
-stats_interval_s = 0.5
-""")
-        process = subprocess.Popen([sys.executable, "-m", "collector.cli", "--config", str(config)],
-                                   stderr=subprocess.PIPE, text=True)
-        for log_line in process.stderr:
-            if "event=mqtt-subscribed" in log_line:
-                return process
-        raise AssertionError(f"collector {site} did not subscribe")
+        return start_collector_process(write_toml(tmp_path / f"collector-{site}.toml", {
+            "site_config": site_yaml,
+            "mqtt": {"host": "127.0.0.1", "port": broker.port},
+            "influx": {"api": "v1", "url": influx.url, "database": "dcem"},
+            "state": {"folder": tmp_path / f"state-{site}"},
+            "ingest": {"client_id": f"dcem-collector-{site}", "sites": [site], "flush_interval_s": 0.05},
+            "report": {"metrics_interval_s": 0.5, "stats_interval_s": 0.5},
+        }))
 
     running = {site: collector(site) for site in SITES}
     sent: dict[str, int] = {}

@@ -38,9 +38,11 @@ class Pacer:
 
 def publish(messages: Iterable[Message], host: str, port: int, speed: float = 0.0,
             max_inflight: int = DEFAULT_MAX_INFLIGHT, client_id: str = "dcem-simulator",
-            timeout_s: float = 60.0) -> int:
+            timeout_s: float = 60.0, on_instant: Callable[[int], None] | None = None) -> int:
     """Publish every message at QoS 1, paced by `speed`, at most max_inflight unacknowledged; returns the count.
 
+    `on_instant(ts_ms)` is called once per simulated instant, when it is due and before its messages are sent
+    (the Modbus mode lets the meter gateway read that instant's registers there).
     Raises TimeoutError when the broker cannot be reached or stops acknowledging.
     """
     slots = threading.BoundedSemaphore(max_inflight)
@@ -54,7 +56,7 @@ def publish(messages: Iterable[Message], host: str, port: int, speed: float = 0.
     try:
         if not connected.wait(timeout_s):
             raise TimeoutError(f"no connection to the broker at {host}:{port}")
-        count = _send(client, messages, Pacer(speed), slots, timeout_s)
+        count = _send(client, messages, Pacer(speed), slots, timeout_s, on_instant)
         _drain(slots, max_inflight, timeout_s)
     finally:
         client.disconnect()
@@ -63,10 +65,14 @@ def publish(messages: Iterable[Message], host: str, port: int, speed: float = 0.
 
 
 def _send(client: paho.Client, messages: Iterable[Message], pacer: Pacer, slots: threading.BoundedSemaphore,
-          timeout_s: float) -> int:
+          timeout_s: float, on_instant: Callable[[int], None] | None) -> int:
     count = 0
+    instant = None
     for message in messages:
         pacer.wait(message.ts_ms)
+        if on_instant is not None and message.ts_ms != instant:
+            instant = message.ts_ms
+            on_instant(instant)
         if not slots.acquire(timeout=timeout_s):
             raise TimeoutError("the broker stopped acknowledging publishes")
         client.publish(message.topic, message.payload, qos=1)

@@ -6,7 +6,9 @@ Pure, and independent of collector.metrics: the formulas of docs/metrics.md are 
   PUE (estimated) = E_facility / E_IT, E_IT = sum of the hosts' server-input energy; PUE1 uses the UPS output
   carbon location = (grid + green-traded) x grid factor + diesel x diesel factor
   carbon market = grid x residual factor + diesel x diesel factor (no ledger instruments)
-  CUE = carbon / E_IT;  pPUE cooling = (E_IT + E_cooling) / E_IT
+  CUE = carbon / E_IT of the best metering point: the UPS output meter, which every simulated site has (the
+  collector's PUE1 category; the hosts' sum, up to a register's resolution in the Modbus mode)
+  pPUE cooling = (E_IT + E_cooling) / E_IT
 """
 
 from __future__ import annotations
@@ -69,12 +71,14 @@ def steps(scenario: Scenario, start_ms: int) -> Iterator[Step]:
         yield Step(t, device_j, step_energy_j(power.export_w, scenario))
 
 
-def bin_energies(scenario: Scenario, start_ms: int) -> dict[int, dict[str, float]]:
-    """kWh per kind (KINDS) for every 15-minute bin, keyed by bin start (UTC epoch ms)."""
+def bin_energies(scenario: Scenario, start_ms: int, run_steps: Iterable[Step] | None = None
+                 ) -> dict[int, dict[str, float]]:
+    """kWh per kind (KINDS) for every 15-minute bin, keyed by bin start (UTC epoch ms); of `run_steps` when
+    given (see ground_truth), else of the model's steps."""
     host_ids = {h.id for h in hosts(scenario)}
     kind_of = {m.id: _KIND_OF[m.quantity] for m in meters(scenario)}
     joules: dict[int, dict[str, list[float]]] = {}
-    for step in steps(scenario, start_ms):
+    for step in steps(scenario, start_ms) if run_steps is None else run_steps:
         parts = joules.setdefault(step.start_ms - step.start_ms % BIN_MS, {kind: [] for kind in KINDS})
         for device, j in step.device_j.items():
             parts["it" if device in host_ids else kind_of[device]].append(j)
@@ -82,10 +86,11 @@ def bin_energies(scenario: Scenario, start_ms: int) -> dict[int, dict[str, float
     return {start: {kind: math.fsum(js) / J_PER_KWH for kind, js in parts.items()} for start, parts in joules.items()}
 
 
-def device_energies_j(scenario: Scenario, start_ms: int) -> dict[str, float]:
-    """Each device's energy over the whole run (J)."""
+def device_energies_j(scenario: Scenario, start_ms: int, run_steps: Iterable[Step] | None = None
+                      ) -> dict[str, float]:
+    """Each device's energy over the whole run (J); of `run_steps` when given, else of the model's steps."""
     totals: dict[str, list[float]] = {}
-    for step in steps(scenario, start_ms):
+    for step in steps(scenario, start_ms) if run_steps is None else run_steps:
         for device, j in step.device_j.items():
             totals.setdefault(device, []).append(j)
     return {device: math.fsum(js) for device, js in totals.items()}
@@ -109,8 +114,8 @@ def figures(energy_kwh: dict[str, float], factors: Factors) -> dict[str, float |
         "ppue_cooling": _ratio(e["it"] + e["cooling"], e["it"]),
         "carbon_location_kg": location_kg,
         "carbon_market_kg": market_kg,
-        "cue_location": _ratio(location_kg, e["it"]),
-        "cue_market": _ratio(market_kg, e["it"]),
+        "cue_location": _ratio(location_kg, e["ups_output"]),
+        "cue_market": _ratio(market_kg, e["ups_output"]),
     }
 
 
@@ -120,10 +125,14 @@ def summed(bins: Iterable[dict[str, float]]) -> dict[str, float]:
     return {kind: math.fsum(b[kind] for b in selected) for kind in KINDS}
 
 
-def ground_truth(scenario: Scenario, start_ms: int) -> dict:
-    """The truth of a run: factors, and figures per bin, per UTC hour, per local day and for the whole run."""
+def ground_truth(scenario: Scenario, start_ms: int, run_steps: Iterable[Step] | None = None) -> dict:
+    """The truth of a run: factors, and figures per bin, per UTC hour, per local day and for the whole run.
+
+    `run_steps` replaces the model's step energies: the Modbus mode passes the meters' energies as their
+    registers hold them (simulator.modbus.registered_steps)."""
     factors = site_factors(scenario)
-    bins = bin_energies(scenario, start_ms)
+    run_steps = list(steps(scenario, start_ms) if run_steps is None else run_steps)
+    bins = bin_energies(scenario, start_ms, run_steps)
     groups = {
         "hours": lambda s: s - s % HOUR_MS,
         "days": lambda s: _local_date(scenario, s),
@@ -140,7 +149,7 @@ def ground_truth(scenario: Scenario, start_ms: int) -> dict:
         "bins": [{"start_ms": s, "bins": 1, **figures(e, factors)} for s, e in sorted(bins.items())],
         **periods,
         "run": {"bins": len(bins), **figures(summed(bins.values()), factors)},
-        "device_energy_j": device_energies_j(scenario, start_ms),
+        "device_energy_j": device_energies_j(scenario, start_ms, run_steps),
     }
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from agent import __version__
 from agent.gateway.config import ENV_PREFIX, GatewayConfig, MeterConfig
 from agent.gateway.poller import MeterPoller, new_session_id
-from agent.gateway.runner import GatewayRunner, MeterChannel
+from agent.gateway.runner import Clock, GatewayRunner, MeterChannel, system_clock
 from common import logs
 from common.config import ConfigError, load
 from common.contract import SAMPLES_CHANNEL, STATUS_CHANNEL, Identity, Status, encode, topic_for
@@ -62,8 +62,9 @@ def meter_identity(config: GatewayConfig, meter: MeterConfig) -> Identity:
 
 
 @contextmanager
-def open_gateway(config: GatewayConfig) -> Iterator[GatewayRunner]:
-    """A runner with every meter's poller, spool and MQTT publisher connected; all closed on exit."""
+def open_gateway(config: GatewayConfig, clock: Clock = system_clock) -> Iterator[GatewayRunner]:
+    """A runner with every meter's poller, spool and MQTT publisher connected; all closed on exit.
+    `clock` is the runner's time source (see agent.gateway.runner)."""
     root = config.mqtt.topic_root
     gateway = Identity(site=config.identity.site, room=config.identity.room, rack=config.identity.rack,
                        device=config.identity.gateway)
@@ -74,7 +75,7 @@ def open_gateway(config: GatewayConfig) -> Iterator[GatewayRunner]:
         _start(stack, status_client, config)
         channels = [_open_channel(stack, config, meter) for meter in config.meters]
         yield GatewayRunner(channels, status_client, status_topic, new_session_id(gateway.device),
-                            config.polling.interval_s, config.polling.publish_interval_s)
+                            config.polling.interval_s, config.polling.publish_interval_s, clock)
 
 
 def _open_channel(stack: ExitStack, config: GatewayConfig, meter: MeterConfig) -> MeterChannel:

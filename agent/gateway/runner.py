@@ -3,6 +3,10 @@
 Each meter has its own spool file and SpoolPublisher (with its own MQTT connection, whose last will marks
 that meter offline), because a SpoolPublisher publishes to one samples topic; this keeps each meter's
 samples in order. The gateway's own connection carries its retained status and last will.
+
+The runner reads time from its `clock`: the system clock, except where a harness drives the gateway in
+simulated time (the site simulator's Modbus mode and tests call poll_once() themselves, one simulated step at
+a time, with a clock they set). Samples and statuses are stamped with that clock; run() paces in real time.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -27,6 +32,13 @@ log = logging.getLogger(__name__)
 
 MAX_PARALLEL_POLLS = 16
 
+Clock = Callable[[], tuple[float, int]]
+
+
+def system_clock() -> tuple[float, int]:
+    """Now: monotonic seconds (backoff and sample intervals) and wall-clock epoch ms (timestamps)."""
+    return time.monotonic(), int(time.time() * 1000)
+
 
 @dataclass
 class MeterChannel:
@@ -39,8 +51,9 @@ class MeterChannel:
 
 class GatewayRunner:
     def __init__(self, channels: list[MeterChannel], status_client: paho.Client, status_topic: str, session: str,
-                 interval_s: float, publish_interval_s: float):
+                 interval_s: float, publish_interval_s: float, clock: Clock = system_clock):
         self.channels = channels
+        self.clock = clock
         self.status_client = status_client
         self.status_topic = status_topic
         self.session = session
@@ -66,11 +79,11 @@ class GatewayRunner:
                     self._publish_statuses()
                 beat.wait(stop)
         finally:
-            self._shutdown()
+            self.shutdown()
 
     def poll_once(self) -> list[MeterSample]:
         """Poll every due meter in parallel and spool what they answered."""
-        now_s, now_ms = time.monotonic(), int(time.time() * 1000)
+        now_s, now_ms = self.clock()
         futures = [(channel, self._pool.submit(channel.poller.poll, now_s, now_ms)) for channel in self.channels]
         taken = []
         for channel, future in futures:
@@ -83,7 +96,7 @@ class GatewayRunner:
         return taken
 
     def gateway_status(self, state: str = "online") -> Status:
-        return Status(state=state, session=self.session, ts_ms=int(time.time() * 1000), version=__version__,
+        return Status(state=state, session=self.session, ts_ms=self.clock()[1], version=__version__,
                       sensors={channel.poller.meter.id: channel.poller.state for channel in self.channels})
 
     def _publish_statuses(self) -> None:
@@ -93,10 +106,12 @@ class GatewayRunner:
                 channel.publisher.publish_status(self._meter_status(channel.poller))
 
     def _meter_status(self, poller: MeterPoller, state: str = "online") -> Status:
-        return Status(state=state, session=poller.session, ts_ms=int(time.time() * 1000), version=__version__,
+        return Status(state=state, session=poller.session, ts_ms=self.clock()[1], version=__version__,
                       sensors={"modbus": poller.state})
 
-    def _shutdown(self) -> None:
+    def shutdown(self) -> None:
+        """Stop polling, publish what the spools hold while the broker takes it, mark everything offline.
+        run() calls it; a caller that drives poll_once() itself calls it at the end."""
         self._pool.shutdown(wait=True)
         flush_publishers([channel.publisher for channel in self.channels])
         for channel in self.channels:

@@ -86,11 +86,11 @@ class Ingest:
                 if retained:
                     self._note_retained_status(identity, payload)
                     return None
-                self._known(identity)
+                self._known_site(identity)
                 status = decode_status(payload)
-                self.devices.online[_key_of(identity)] = status.state == "online"
                 if status.ts_ms is not None:
                     self._check_time(status.ts_ms, now_ms, "status")
+                self.devices.online[_key_of(identity)] = status.state == "online"
                 self.lines.append(_status_line(identity, status, now_ms))
                 return None
             if channel != SAMPLES_CHANNEL:
@@ -111,7 +111,7 @@ class Ingest:
     def _note_retained_status(self, identity: Identity, payload: bytes) -> None:
         """A replayed status is not stored again, but tells whether the device is online now."""
         try:
-            self._known(identity)
+            self._known_site(identity)
             self.devices.online[_key_of(identity)] = decode_status(payload).state == "online"
         except ContractError:
             pass  # it was counted when first published
@@ -128,6 +128,12 @@ class Ingest:
                 raise ContractError("unknown-site", f"site {identity.site!r} is not in the site configuration")
             raise ContractError("unknown-device", f"{'/'.join(levels[1:])} is not configured for site {identity.site!r}")
         return device
+
+    def _known_site(self, identity: Identity) -> None:
+        """Statuses come from agents and also from meter gateways, which the site configuration does not list:
+        any device of a configured site may send one (the broker's ACL decides who publishes where)."""
+        if self.index.site(identity.site) is None:
+            raise ContractError("unknown-site", f"site {identity.site!r} is not in the site configuration")
 
     def _device(self, identity: Identity, kind: str) -> HostInfo | MeterInfo:
         device = self._known(identity)

@@ -272,12 +272,19 @@ def test_an_offline_last_will_without_time_is_stamped_with_the_collector_clock(i
     assert fields == {"state": "offline", "online": False}
 
 
+def test_a_meter_gateway_status_is_stored_though_the_site_config_does_not_list_gateways(ingest):
+    topic = "dcem/v1/dc1/facility/main/meter-gateway/status"
+    assert ingest.handle(topic, encode(Status(state="offline")), NOW) is None
+    (text,) = ingest.take_lines()
+    assert parse(text)[1]["device"] == "meter-gateway"
+    assert ingest.devices.online[("dc1", "facility", "main", "meter-gateway")] is False
+
+
 @pytest.mark.parametrize(("topic", "payload", "reason"), [
-    ("dcem/v1/dc1/hall-a/r01/h99/status", encode(Status(state="online")), "unknown-device"),
     ("dcem/v1/elsewhere/hall-a/r01/h01/status", encode(Status(state="online")), "unknown-site"),
     (STATUS_TOPIC, b"offline", "malformed-json"),
     (STATUS_TOPIC, b'{"state": "sleeping"}', "schema"),
-], ids=["unknown-device", "unknown-site", "malformed-json", "schema"])
+], ids=["unknown-site", "malformed-json", "schema"])
 def test_a_bad_status_is_rejected_and_writes_no_line(ingest, topic, payload, reason):
     rejection = ingest.handle(topic, payload, NOW)
     assert rejection is not None and rejection.reason == reason

@@ -17,6 +17,7 @@ from pathlib import Path
 from collector.config import ENV_PREFIX, CollectorConfig
 from collector.factors import FactorError
 from collector.ledger import LedgerError
+from collector.rules import RuleError
 from collector.service import Collector
 from collector.site import SiteConfigError
 from common import logs
@@ -32,7 +33,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mqtt-port", type=int, help="mqtt.port")
     parser.add_argument("--state", type=Path, help="state.folder (accounting state and output spool)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="log.level")
-    parser.add_argument("--check", action="store_true", help="validate the configuration files and exit")
+    parser.add_argument("--check", action="store_true",
+                        help="validate the configuration files (site, ledger, factors, rules) and exit")
     return parser.parse_args(argv)
 
 
@@ -44,11 +46,12 @@ def main(argv: list[str] | None = None) -> int:
         config = load(CollectorConfig, args.config, ENV_PREFIX, os.environ, overrides)
         logs.setup(config.log.level, config.log.format)
         collector = Collector(config)
-    except (ConfigError, SiteConfigError, LedgerError, FactorError) as exc:
+    except (ConfigError, SiteConfigError, LedgerError, FactorError, RuleError) as exc:
         print(f"dcem-collector: {exc}", file=sys.stderr)
         return 2
     if args.check:
-        print(f"configuration valid: {len(collector.index.sites)} site(s)")
+        rules = sum(len(site_rules) for site_rules in collector.alerting.rules.values())
+        print(f"configuration valid: {len(collector.index.sites)} site(s), {rules} rule(s)")
         return 0
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from collector import cli
 from collector.rules import SHIPPED_RULES, RuleError, load_profiles, load_rule_file, rules_for_sites
 
 SEEDS = Path(__file__).parent.parent / "seeds"
@@ -96,3 +97,30 @@ def test_an_unknown_profile_in_the_site_config_is_an_error():
 def test_sites_get_the_rules_of_their_profiles():
     rules = rules_for_sites(load_profiles(SHIPPED_RULES), {"a": ["wuhan-new-large", "operational"], "b": []}, "x")
     assert "wuhan-pue-12m" in [r.id for r in rules["a"]] and rules["b"] == ()
+
+
+def collector_check(tmp_path, rules_folder, profiles) -> tuple[int, str, str]:
+    site = tmp_path / "site.yaml"
+    site.write_text(f"sites:\n  - {{id: dc1, name: Test, grid_region: central, rules: {profiles}}}\n")
+    config = tmp_path / "collector.toml"
+    config.write_text(f'site_config = "{site}"\n[influx]\napi = "v1"\ndatabase = "dcem"\n'
+                      f'[state]\nfolder = "{tmp_path / "state"}"\n[rules]\nfolder = "{rules_folder}"\n')
+    return cli.main(["--config", str(config), "--check"])
+
+
+def test_the_collector_refuses_to_start_on_an_invalid_rule_file(tmp_path, capsys):
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    bad = write(rules, VALID.replace("threshold: 1.25", "threshold: high"))
+    assert collector_check(tmp_path, rules, "[test-profile]") == 2
+    assert f"dcem-collector: {bad}: rules[0] (pue-high).threshold: Input should be a valid number" in capsys.readouterr().err
+
+
+def test_the_collector_check_counts_the_rules_of_the_chosen_profiles(tmp_path, capsys):
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    write(rules, VALID)
+    assert collector_check(tmp_path, rules, "[test-profile]") == 0
+    assert "1 site(s), 1 rule(s)" in capsys.readouterr().out
+    assert collector_check(tmp_path, rules, "[wuhan-new-large]") == 2
+    assert "names rule profile 'wuhan-new-large'; known: test-profile" in capsys.readouterr().err

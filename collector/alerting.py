@@ -57,8 +57,9 @@ class Alerting:
     def evaluate(self, now_ms: int, devices: DeviceObservations) -> list[AlertEvent]:
         """Every event since the last call, oldest first per rule."""
         events: list[AlertEvent] = []
+        latest_by_site = self._latest_by_site()
         for site, rules in self.rules.items():
-            latest = self._latest_by_device(site)
+            latest = latest_by_site.get(site)
             if not latest:
                 continue
             clock = int(statistics.median_low(latest.values()))
@@ -125,15 +126,15 @@ class Alerting:
             self.states[key] = state
         return [event] if event else []
 
-    def _latest_by_device(self, site: str) -> dict[tuple, int]:
-        """The latest sample time of every stream of the site that has reported, by its book key
+    def _latest_by_site(self) -> dict[str, dict[tuple, int]]:
+        """Per site with rules, the latest sample time of every stream that has reported, by its book key
         (("host", site, room, rack, device) or ("meter", site, meter))."""
-        latest = {}
+        latest: dict[str, dict[tuple, int]] = {}
         for stream, state in self.book.streams.items():
-            if stream[1] == site:
+            if stream[1] in self.rules:
                 times = [kept[-1].ts_ms for kept in state.sessions.values() if kept]
                 if times:
-                    latest[stream] = max(times)
+                    latest.setdefault(stream[1], {})[stream] = max(times)
         return latest
 
     def _load(self) -> None:

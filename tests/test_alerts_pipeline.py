@@ -5,61 +5,18 @@ simulator's ground truth."""
 from __future__ import annotations
 
 import json
-import shutil
-import time
 
 import pytest
-import yaml
 
 from collector.alerts import run_series
-from collector.config import CollectorConfig
-from collector.rules import SHIPPED_RULES, load_rule_file
+from collector.rules import load_rule_file
 from common.mqtt import MqttConfig
-from simulator.cli import DEFAULT_SCENARIO
-from simulator.messages import messages
-from simulator.run import publish
-from simulator.scenario import load_scenario, start_ms
-from simulator.site_config import write_site_config
-from simulator.truth import ground_truth
-from tests.collector_harness import RunningCollector, rows, wait_for
+from tests.collector_harness import rows
+from tests.simulated_day import AFTERNOON, run_day, simulated_day
 from tests.subscriber import Recorder
-from tests.test_simulator_collector import ROUNDING, collector_config
+from tests.test_simulator_collector import ROUNDING
 
 pytestmark = pytest.mark.servers
-
-AFTERNOON = """
-profile: test-afternoon
-title: Rules whose firing and resolving the simulated day exercises
-applies_to: the simulated site
-source: {document: test rules}
-rules:
-  - id: pue-bin-high
-    title: 15-minute PUE above 1.42 for 30 minutes
-    metric: pue
-    period: 15m
-    comparison: ">"
-    threshold: 1.42
-    hold_s: 1800
-    hysteresis: 0.03
-    severity: warning
-  - id: pue-hour-high
-    title: hourly PUE above 1.40
-    metric: pue
-    period: 1h
-    comparison: ">"
-    threshold: 1.40
-    hysteresis: 0.02
-    severity: warning
-  - id: green-bin-low
-    title: 15-minute green ratio below 20 %
-    metric: green_ratio
-    period: 15m
-    comparison: "<"
-    threshold: 0.20
-    hold_s: 900
-    hysteresis: 0.05
-    severity: info
-"""
 
 
 def cumulative_pue(bins: list[dict]) -> list[tuple[int, float]]:
@@ -74,18 +31,9 @@ def cumulative_pue(bins: list[dict]) -> list[tuple[int, float]]:
 
 def test_alert_events_equal_those_of_the_ground_truth(tmp_path, servers):
     broker, influx, db = servers
-    rules_folder = tmp_path / "rules"
-    rules_folder.mkdir()
-    for name in ("wuhan-2024.yaml", "operational.yaml"):
-        shutil.copy(SHIPPED_RULES / name, rules_folder)
-    (rules_folder / "afternoon.yaml").write_text(AFTERNOON, encoding="utf-8")
-    scenario = load_scenario(DEFAULT_SCENARIO).model_copy(update={"duration_h": 24.0, "step_s": 300})
-    begin = start_ms(scenario, int(time.time() * 1000))
-    truth = ground_truth(scenario, begin)
-    site_yaml = write_site_config(tmp_path / "site" / "site.yaml", scenario)
-    config = yaml.safe_load(site_yaml.read_text())
-    config["sites"][0]["rules"] = ["wuhan-new-large", "operational", "test-afternoon"]
-    site_yaml.write_text(yaml.safe_dump(config, allow_unicode=True))
+    day = simulated_day(tmp_path, broker, influx, ("wuhan-2024.yaml", "operational.yaml"),
+                        {"afternoon.yaml": AFTERNOON}, ["wuhan-new-large", "operational", "test-afternoon"])
+    rules_folder, begin, truth = day.rules_folder, day.begin, day.truth
 
     test_rules = {r.id: r for r in load_rule_file(rules_folder / "afternoon.yaml").resolved()}
     wuhan = {r.id: r for r in load_rule_file(rules_folder / "wuhan-2024.yaml").resolved()}
@@ -100,19 +48,13 @@ def test_alert_events_equal_those_of_the_ground_truth(tmp_path, servers):
     assert {e.rule.id for e in expected} == {"pue-bin-high", "pue-hour-high", "green-bin-low", "wuhan-pue-12m"}
     assert "resolved" in {e.state for e in expected}
 
-    collector = CollectorConfig.model_validate(
-        {**collector_config(tmp_path, broker, influx, site_yaml).model_dump(), "rules": {"folder": rules_folder}})
     recorder = Recorder(MqttConfig(host="127.0.0.1", port=broker.port), "dcem/v1/alerts/#")
-    running = RunningCollector(collector)
     query = f"SELECT * FROM alert WHERE time >= {begin}ms"
     try:
-        publish(messages(scenario, begin), "127.0.0.1", broker.port, speed=0, max_inflight=200)
-        stored = wait_for(lambda: len(rows(db, query)) >= len(expected) and rows(db, query), timeout_s=90)
-        time.sleep(1.0)  # a later round must add nothing
-        stored = rows(db, query)
-        assert recorder.wait_until(lambda m: len(m) >= len(expected))
+        assert run_day(day, broker.port, lambda: len(rows(db, query)) >= len(expected)
+                       and len(recorder.snapshot()) >= len(expected))
+        stored = rows(db, query)  # after a later round, which must have added nothing
     finally:
-        running.close()
         recorder.client.disconnect()
     information = [row for row in stored if row["rule"] == "wuhan-utilisation-12m"]
     assert [(row["state"], row["value"] < 0.60) for row in information] == [("firing", True)]  # no truth to check

@@ -62,6 +62,9 @@ def spread(start_ms: int, end_ms: int, energy_j: float, bin_ms: int = BIN_MS) ->
     if end_ms <= start_ms:
         return [(bin_start(end_ms, bin_ms), energy_j, 0.0)]
     duration = end_ms - start_ms
+    first_bin = bin_start(start_ms, bin_ms)
+    if end_ms <= first_bin + bin_ms:  # within one bin, as most intervals are: the loop's one part
+        return [(first_bin, energy_j * duration / duration, float(duration))]
     parts = []
     cursor = start_ms
     while cursor < end_ms:
@@ -128,7 +131,10 @@ class StreamState:
 
     def add(self, point: Point) -> list[Contribution] | None:
         kept = self.sessions.setdefault(point.session, [])
-        index = bisect.bisect_left(kept, point.seq, key=lambda p: p.seq)
+        if kept and point.seq > kept[-1].seq:  # the next point of the session, as most are
+            index = len(kept)
+        else:
+            index = bisect.bisect_left(kept, point.seq, key=lambda p: p.seq)
         if index < len(kept) and kept[index].seq == point.seq:
             return None
         earliest = self.earliest.get(point.session)

@@ -53,6 +53,9 @@ class EnergyBook:
         self.streams: dict[tuple, StreamState] = {}
         self.accumulators: dict[AccumulatorKey, Accumulator] = {}
         self.dirty: set[AccumulatorKey] = set()
+        # accumulators whose latest value has no line in the output yet: kept by the reporter while it holds
+        # lines back (Reporter.accumulator_lines), restored from the state after a restart
+        self.unwritten: set[AccumulatorKey] = set()
         self.bins_by_site: dict[str, set[int]] = {}
         self.new_points: list[tuple[tuple, Point]] = []
 
@@ -74,9 +77,12 @@ class EnergyBook:
         """Put back a point saved earlier, without contributing again (its contributions are saved too)."""
         self._stream(stream).add(point)
 
-    def restore_accumulator(self, key: AccumulatorKey, row: Iterable[float]) -> None:
+    def restore_accumulator(self, key: AccumulatorKey, row: Iterable[float], unwritten: bool = False) -> None:
+        """Put back a saved accumulator; unwritten: its line had not been written yet."""
         self.accumulators[key] = Accumulator(*row)
         self._index_bin(key)
+        if unwritten:
+            self.unwritten.add(key)
 
     def neighbours(self, stream: tuple, session: str, seq: int) -> tuple[Point | None, Point | None]:
         """The nearest known points before and after seq in its session (the earliest point ever seen counts
@@ -85,6 +91,8 @@ class EnergyBook:
         if state is None:
             return None, None
         kept = state.sessions.get(session, [])
+        if kept and seq > kept[-1].seq:  # the next point of the session, as most are
+            return kept[-1], None
         index = bisect.bisect_left(kept, seq, key=lambda p: p.seq)
         earlier = kept[index - 1] if index > 0 else None
         later_index = index + 1 if index < len(kept) and kept[index].seq == seq else index
@@ -131,6 +139,7 @@ class EnergyBook:
                     if k[-1] < (rack_bins_before_ms if k[0] == "rack" else site_bins_before_ms)]:
             del self.accumulators[key]
             self.dirty.discard(key)
+            self.unwritten.discard(key)
             if key[0] != "rack":
                 self.bins_by_site.get(key[1], set()).discard(key[-1])
             dropped += 1

@@ -73,6 +73,7 @@ class Ingest:
         self.devices = DeviceObservations()
         self._last_raw_ms: dict[tuple, int] = {}
         self._series: dict[tuple, str] = {}
+        self._sample_topics: dict[str, tuple[Identity, HostInfo | MeterInfo]] = {}  # of configured devices
 
     def handle(self, topic: str, payload: bytes, now_ms: int, retained: bool = False) -> Rejection | None:
         """Account one message; None when accepted, else why not.
@@ -81,7 +82,11 @@ class Ingest:
         handled when it was first published, so it is skipped.
         """
         try:
-            identity, channel = parse_topic(topic, self.topic_root)
+            known = self._sample_topics.get(topic)
+            if known is not None:
+                (identity, device), channel = known, SAMPLES_CHANNEL
+            else:
+                (identity, channel), device = parse_topic(topic, self.topic_root), None
             if channel == STATUS_CHANNEL:
                 if retained:
                     self._note_retained_status(identity, payload)
@@ -96,15 +101,18 @@ class Ingest:
             if channel != SAMPLES_CHANNEL:
                 raise ContractError("bad-topic", f"unknown channel {channel!r}")
             batch = decode_batch(payload)
-            device = self._device(identity, batch.kind)
-            self._check(batch, device, now_ms)
+            if device is None:
+                device = self._known(identity)
+                self._sample_topics[topic] = (identity, device)
+            self._device(identity, batch.kind, device)
+            checked = self._check(batch, device, now_ms)
         except ContractError as exc:
             self.rejected[exc.reason] += 1
             return Rejection(exc.reason, exc.detail)
         if isinstance(device, HostInfo):
-            self._accept_host(batch, device)
+            self._accept_host(batch, device, checked)
         else:
-            self._accept_meter(batch, device)
+            self._accept_meter(batch, device, checked)
         self.outcomes["messages"] += 1
         return None
 
@@ -135,37 +143,51 @@ class Ingest:
         if self.index.site(identity.site) is None:
             raise ContractError("unknown-site", f"site {identity.site!r} is not in the site configuration")
 
-    def _device(self, identity: Identity, kind: str) -> HostInfo | MeterInfo:
-        device = self._known(identity)
+    def _device(self, identity: Identity, kind: str, device: HostInfo | MeterInfo | None = None
+                ) -> HostInfo | MeterInfo:
+        """The configured device (looked up unless given) that sent a batch of this kind."""
+        if device is None:
+            device = self._known(identity)
         host = device if isinstance(device, HostInfo) else None
         if (kind == "host") != (host is not None):
             raise ContractError("kind-mismatch", f"{identity.device!r} is configured as a "
                                                  f"{'host' if host else 'meter'} but sent kind={kind!r}")
         return device
 
-    def _check(self, batch: SampleBatch, device: HostInfo | MeterInfo, now_ms: int) -> None:
-        """Refuse the batch if any sample is impossible on its own or against the session's known points."""
+    def _check(self, batch: SampleBatch, device: HostInfo | MeterInfo, now_ms: int
+               ) -> list[tuple[Reading, Point]]:
+        """Refuse the batch if any sample is impossible on its own or against the session's known points.
+        Returns each sample's energy reading and point, in the batch's order. Samples are checked in seq order."""
         stream = _stream_of(device)
         limit = self.limits.max_meter_w if isinstance(device, MeterInfo) else self.limits.max_host_reading_w
+        latest, oldest = now_ms + self.limits.max_future_s * 1000, now_ms - self.limits.max_age_s * 1000
+        session, samples, book = batch.session, batch.samples, self.book
+        checked: list = [None] * len(samples)
         previous: Point | None = None
-        for sample in sorted(batch.samples, key=lambda s: s.seq):
-            self._check_time(sample.ts_ms, now_ms, f"seq {sample.seq}")
+        for i in (0,) if len(samples) == 1 else sorted(range(len(samples)), key=lambda i: samples[i].seq):
+            sample = samples[i]
+            if not oldest <= sample.ts_ms <= latest:
+                self._check_time(sample.ts_ms, now_ms, f"seq {sample.seq}")
             for reading in sample.readings:
                 if reading.power_w is not None and reading.power_w > limit:
                     raise ContractError("absurd-power", f"seq {sample.seq} {reading.component} {reading.id}: "
                                                         f"{reading.power_w:g} W > {limit:g} W")
-            point = Point(batch.session, sample.seq, sample.ts_ms, _energy_reading(sample, device).energy_j)
-            other = self.book.overlapping_session(stream, batch.session, point.ts_ms)
+            energy = _energy_reading(sample, device)
+            point = Point(session, sample.seq, sample.ts_ms, energy.energy_j)
+            other = book.overlapping_session(stream, session, point.ts_ms)
             if other is not None:
                 raise ContractError("session-overlap", f"seq {sample.seq} falls inside session {other} of the same "
                                                        "device: two senders claim it")
-            earlier, later = self.book.neighbours(stream, batch.session, sample.seq)
+            earlier, later = book.neighbours(stream, session, sample.seq)
             if previous is not None and (earlier is None or previous.seq > earlier.seq):
                 earlier = previous
-            for before, after in ((earlier, point), (point, later)):
-                if before is not None and after is not None:
-                    _check_counter(before, after, limit)
+            if earlier is not None:
+                _check_counter(earlier, point, limit)
+            if later is not None:
+                _check_counter(point, later, limit)
+            checked[i] = (energy, point)
             previous = point
+        return checked
 
     def _check_time(self, ts_ms: int, now_ms: int, what: str) -> None:
         if ts_ms > now_ms + self.limits.max_future_s * 1000:
@@ -174,19 +196,15 @@ class Ingest:
         if ts_ms < now_ms - self.limits.max_age_s * 1000:
             raise ContractError("too-old", f"{what} is {(now_ms - ts_ms) / 86_400_000:.1f} days old")
 
-    def _accept_host(self, batch: SampleBatch, host: HostInfo) -> None:
-        for sample in batch.samples:
-            server = _energy_reading(sample, host)
-            point = Point(batch.session, sample.seq, sample.ts_ms, server.energy_j)
+    def _accept_host(self, batch: SampleBatch, host: HostInfo, checked: list[tuple[Reading, Point]]) -> None:
+        for sample, (server, point) in zip(batch.samples, checked):
             outcome = self.book.add_host_point(host, point, _utilisation(sample))
             self.outcomes[outcome] += 1
             if outcome != "duplicate" and self._raw_due(("host", host), sample.ts_ms):
                 self.lines += self._host_lines(host, sample, server)
 
-    def _accept_meter(self, batch: SampleBatch, meter: MeterInfo) -> None:
-        for sample in batch.samples:
-            reading = _energy_reading(sample, meter)
-            point = Point(batch.session, sample.seq, sample.ts_ms, reading.energy_j)
+    def _accept_meter(self, batch: SampleBatch, meter: MeterInfo, checked: list[tuple[Reading, Point]]) -> None:
+        for sample, (reading, point) in zip(batch.samples, checked):
             outcome = self.book.add_meter_point(meter, point)
             self.outcomes[outcome] += 1
             if outcome != "duplicate" and self._raw_due(("meter", meter), sample.ts_ms):
@@ -203,13 +221,18 @@ class Ingest:
         return found
 
     def _host_lines(self, host: HostInfo, sample: Sample, server: Reading) -> list[str]:
-        packages = [r for r in sample.readings if r.component == Component.CPU_PACKAGE]
-        cpu = packages or [r for r in sample.readings if r.component == Component.PSYS]
-        gpus = [r for r in sample.readings if r.component == Component.GPU]
+        packages, psys, dram, gpus = [], [], [], []
+        by_component = {Component.CPU_PACKAGE: packages, Component.PSYS: psys, Component.DRAM: dram,
+                        Component.GPU: gpus}
+        for reading in sample.readings:  # one pass over the readings
+            found = by_component.get(reading.component)
+            if found is not None:
+                found.append(reading)
+        cpu = packages or psys
         fields = {
             "server_input_w": server.power_w,
             "cpu_w": _sum(r.power_w for r in cpu),
-            "dram_w": _sum(r.power_w for r in sample.readings if r.component == Component.DRAM),
+            "dram_w": _sum(r.power_w for r in dram),
             "gpu_w": _sum(r.power_w for r in gpus),
             "cpu_method": cpu[0].method.value if cpu else None,
             "cpu_util": sample.host.cpu_util if sample.host else None,

@@ -18,11 +18,13 @@ from collector.accounting import BIN_MS
 from collector.book import J_PER_KWH, Accumulator, AccumulatorKey, EnergyBook
 from collector.factors import FactorTable, diesel_factor, grid_factor, residual_factor
 from collector.ledger import Ledger, green_instruments_kwh
+from collector import lineproto
 from collector.lineproto import line
 from collector.metrics import HOUR_MS, SiteBin, SiteFactors, SiteMetrics, metrics_for_period, standard_periods
 from collector.site import Site, SiteIndex
 
 Period = tuple[str, int, int]
+_LINE_SCOPES = ("rack", "meter")  # accumulators with a line of their own (rack_energy, meter_energy)
 
 
 def site_factors(site: Site, table: FactorTable | None = None) -> SiteFactors:
@@ -48,14 +50,36 @@ class Reporter:
         self.factors = factors
         self._bins: dict[tuple[str, int], SiteBin] = {}
         self._touched: dict[str, set[int]] = {}
+        self._lines_at = float("-inf")
+        self._series: dict[tuple, tuple[str, int]] = {}
 
-    def accumulator_lines(self, changed: Mapping[AccumulatorKey, Accumulator]) -> list[str]:
-        """Lines for changed rack and meter accumulators; remembers which site bins changed."""
+    def accumulator_lines(self, changed: Mapping[AccumulatorKey, Accumulator], now_s: float = 0.0,
+                          hold_s: float = 0.0) -> list[str]:
+        """Lines for the rack and meter accumulators changed since their last line, with their current values;
+        remembers which site bins changed.
+
+        hold_s > 0 (the caller has more messages waiting): the lines are held back while the last ones were
+        written less than hold_s before now_s (seconds, any monotonic clock). Held accumulators wait in
+        `book.unwritten` (the state saves them as such) and the next call that does not hold writes them."""
         for key in changed:
             if key[0] in ("hosts", "meter"):
                 self._touched.setdefault(key[1], set()).add(key[-1])
                 self._bins.pop((key[1], key[-1]), None)
-        return [text for key, acc in changed.items() if (text := self._accumulator_line(key, acc))]
+        held = self.book.unwritten
+        held.update(key for key in changed if key[0] in _LINE_SCOPES)
+        if hold_s > 0 and now_s - self._lines_at < hold_s:
+            return []
+        self._lines_at = now_s
+        accumulators = self.book.accumulators
+        lines = [text for key in held
+                 if (acc := accumulators.get(key)) is not None and (text := self._accumulator_line(key, acc))]
+        held.clear()
+        return lines
+
+    @property
+    def holding(self) -> bool:
+        """Whether some rack or meter lines are held back (see accumulator_lines)."""
+        return bool(self.book.unwritten)
 
     def touch(self, site_id: str, bin_starts: Iterable[int]) -> None:
         """Have the next site_lines recompute the periods of these bins (after a restart, for instance)."""
@@ -101,23 +125,37 @@ class Reporter:
 
     def _accumulator_line(self, key: AccumulatorKey, acc: Accumulator) -> str | None:
         if key[0] == "rack":
-            _, site, room, rack, start = key
-            hosts = len(self.index.expected_hosts(site, room, rack)) or 1
-            return line("rack_energy", {"site": site, "room": room, "rack": rack}, {
+            series, hosts = self._series_of(key)
+            return lineproto.point(series, {
                 "energy_kwh": max(0.0, acc.energy_j) / J_PER_KWH,
                 "host_coverage": min(1.0, max(0.0, acc.covered_ms) / (BIN_MS * hosts)),
                 "cpu_util": _ratio(acc.cpu_util_weighted, acc.cpu_util_weight),
                 "gpu_util": _ratio(acc.gpu_util_weighted, acc.gpu_util_weight),
-            }, start)
+            }, key[-1])
         if key[0] == "meter":
-            _, site, meter_id, start = key
-            meter = next(m for m in self.index.expected_meters(site) if m.device == meter_id)
-            return line("meter_energy", {"site": site, "meter": meter_id, "role": meter.role,
-                                         "source": meter.source or ""}, {
+            series, _ = self._series_of(key)
+            return lineproto.point(series, {
                 "energy_kwh": max(0.0, acc.energy_j) / J_PER_KWH,
                 "coverage": min(1.0, max(0.0, acc.covered_ms) / BIN_MS),
-            }, start)
+            }, key[-1])
         return None
+
+    def _series_of(self, key: AccumulatorKey) -> tuple[str, int]:
+        """The escaped series of a rack or meter accumulator (and a rack's expected hosts, at least 1), made once
+        per rack or meter."""
+        found = self._series.get(key[:-1])
+        if found is None:
+            if key[0] == "rack":
+                _, site, room, rack, _start = key
+                hosts = len(self.index.expected_hosts(site, room, rack)) or 1
+                found = (lineproto.series("rack_energy", {"site": site, "room": room, "rack": rack}), hosts)
+            else:
+                _, site, meter_id, _start = key
+                meter = next(m for m in self.index.expected_meters(site) if m.device == meter_id)
+                found = (lineproto.series("meter_energy", {"site": site, "meter": meter_id, "role": meter.role,
+                                                           "source": meter.source or ""}), 1)
+            self._series[key[:-1]] = found
+        return found
 
 
 def periods_of_bin(start: int, now_ms: int, zone: str) -> list[Period]:

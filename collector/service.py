@@ -164,6 +164,7 @@ class Collector:
             elif not self.pending:
                 batch_started = now
             if now >= next_metrics:
+                self.write_held_lines()
                 self.output.enqueue(self.reporter.site_lines(_now_ms()))
                 self.evaluate_rules(_now_ms())
                 next_metrics = now + self.config.report.metrics_interval_s
@@ -197,15 +198,26 @@ class Collector:
             if rejection:
                 self._dead_letter(topic, payload, rejection)
         changed = self.book.take_dirty()
-        lines = self.ingest.take_lines() + self.reporter.accumulator_lines(changed)
+        # behind (a full batch, more already read): rack and meter lines at most once per metrics interval,
+        # the held ones saved as unwritten; the next flush that is not behind writes them all
+        behind = len(batch) >= self.config.ingest.max_batch and self.client.has_buffered_input()
+        lines = self.ingest.take_lines() + self.reporter.accumulator_lines(
+            changed, time.monotonic(), self.config.report.metrics_interval_s if behind else 0.0)
         if not self.output.enqueue(lines):
             raise RuntimeError("the output spool did not take the batch; not acknowledging it")
-        self.store.save(self.book.take_new_points(), changed)
+        self.store.save(self.book.take_new_points(), changed, lines_written=not self.reporter.holding)
         for _topic, _payload, mid, qos, _retained in batch:
             if qos > 0:
                 self.client.ack(mid, qos)
         self.stats["messages"] += len(batch)
         self.stats["flushes"] += 1
+
+    def write_held_lines(self) -> None:
+        """Write the rack and meter lines a flush held back while behind, then mark them written in the state
+        (a collector that caught up, went idle or is stopping does not keep them for the next message)."""
+        if self.reporter.holding:
+            self.output.enqueue(self.reporter.accumulator_lines({}))
+            self.store.save([], {}, lines_written=True)
 
     def evaluate_rules(self, now_ms: int) -> None:
         """Evaluate the sites' rules; store and publish (retained, QoS 1) every alert event."""
@@ -238,6 +250,7 @@ class Collector:
     def shutdown(self) -> None:
         if self.pending:
             self.flush()
+        self.write_held_lines()
         self.output.enqueue(self.reporter.site_lines(_now_ms()))
         self.evaluate_rules(_now_ms())
         self.output.drain(max_batches=1000)

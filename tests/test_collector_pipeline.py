@@ -15,6 +15,7 @@ import paho.mqtt.client as paho
 import pytest
 
 from common.mqtt import MqttConfig, make_client
+from collector.service import Collector
 from tests.collector_harness import RunningCollector, collector_config, publish_all, rows, wait_for
 from tests.site_stream import BIN_MS, DEVICES, HOUR_MS, messages
 
@@ -112,3 +113,27 @@ def test_a_message_with_mqtt5_properties_takes_pahos_own_path_and_is_counted(tmp
         client.loop_stop()
         running.close()
     assert sum(running.collector.ingest.rejected.values()) == 0
+
+
+
+def test_lines_held_while_behind_are_written_when_no_flush_comes(tmp_path, servers):
+    """A burst ends on a flush that held its rack and meter lines back: the next metrics round (or the stop)
+    writes them and marks them written, without waiting for another message."""
+    broker, influx, db = servers
+    collector = Collector(collector_config(tmp_path, broker, influx))
+    now_ms = int(time.time() * 1000)
+    for topic, payload in half_hour_of_site_data(now_ms // HOUR_MS * HOUR_MS - 2 * HOUR_MS):
+        assert collector.ingest.handle(topic, payload, now_ms) is None
+    changed = collector.book.take_dirty()
+    collector.reporter.accumulator_lines({}, now_s=100.0, hold_s=10.0)  # lines were written just now
+    assert collector.reporter.accumulator_lines(changed, now_s=101.0, hold_s=10.0) == []  # held: behind
+    collector.store.save(collector.book.take_new_points(), changed, lines_written=False)
+    collector.write_held_lines()
+    assert not collector.reporter.holding
+    queued = b"\n".join(body for _, body in collector.output._spool.peek(100)).decode().splitlines()
+    held = [key for key in changed if key[0] in ("rack", "meter")]
+    assert len(queued) == len(held) and {line.split(",")[0] for line in queued} == {"rack_energy", "meter_energy"}
+    collector.store.close()
+    restarted = Collector(collector_config(tmp_path, broker, influx))
+    assert not restarted.reporter.holding  # nothing comes back as unwritten
+    restarted.store.close()

@@ -470,3 +470,43 @@ def test_two_senders_claiming_one_host_are_not_both_counted(ingest):
     # the baseline session runs T .. T+2 min; a second agent with the same identity reports inside that span
     clone = host_msg([host_sample(0, T + MIN, 0.0)], "session-h01-clone")
     assert ingest.handle(H01_TOPIC, clone, NOW).reason == "session-overlap"
+
+
+def test_a_device_seen_before_is_checked_as_the_first_time(ingest):
+    """Topics of configured devices are resolved once; every check after the lookup still runs each time."""
+    wrong_kind = host_msg([host_sample(0, T, 0.0)])
+    first = ingest.handle(UTILITY_TOPIC, wrong_kind, NOW)
+    assert ingest.handle(UTILITY_TOPIC, meter_msg([meter_sample(0, T, 0.0)]), NOW) is None
+    assert ingest.handle(UTILITY_TOPIC, wrong_kind, NOW) == first and first.reason == "kind-mismatch"
+    unknown = ingest.handle("dcem/v1/dc1/hall-a/r01/h99/samples", GOOD, NOW)
+    assert unknown.reason == "unknown-device"
+    assert ingest.handle("dcem/v1/dc1/hall-a/r01/h99/samples", GOOD, NOW) == unknown
+
+
+def reading(component: Component, id: str, power_w: float | None, method: Method = Method.RAPL, **extra) -> Reading:
+    return Reading(component=component, id=id, method=method, power_w=power_w, energy_j=1.0, **extra)
+
+
+HOST_LINE_CASES = {
+    "packages win over psys; dram and gpus summed; one gpu lost": (
+        [reading(Component.PSYS, "psys", 300.0), reading(Component.CPU_PACKAGE, "package-0", 96.5),
+         reading(Component.DRAM, "dram-0", 12.5), reading(Component.CPU_PACKAGE, "package-1", None, Method.MODEL),
+         reading(Component.CPU_PACKAGE, "package-2", 91.25), reading(Component.DRAM, "dram-1", 11.75),
+         reading(Component.GPU, "0", 250.0, Method.NVML_ENERGY), reading(Component.GPU, "1", None, state="lost")],
+        {"server_input_w": 500.0, "cpu_w": 187.75, "dram_w": 24.25, "gpu_w": 250.0, "cpu_method": "rapl",
+         "cpu_util": 0.5, "gpus": 2, "gpus_lost": 1}),
+    "psys without packages; no power anywhere else": (
+        [reading(Component.PSYS, "psys", None, Method.MODEL), reading(Component.DRAM, "dram-0", None),
+         reading(Component.CPU_CORE, "core", 50.0)],
+        {"server_input_w": 500.0, "cpu_method": "model", "cpu_util": 0.5}),
+}
+
+
+@pytest.mark.parametrize(("extra", "fields"), HOST_LINE_CASES.values(), ids=HOST_LINE_CASES.keys())
+def test_the_raw_host_line_sums_each_component_kind(extra, fields):
+    ingest = Ingest(INDEX, EnergyBook(INDEX), "dcem")
+    sample = host_sample(0, T, 0.0)
+    sample = sample.model_copy(update={"readings": [*sample.readings, *extra]})
+    assert ingest.handle(H01_TOPIC, host_msg([sample]), NOW) is None
+    host_lines = [parse(text) for text in ingest.take_lines() if text.startswith("host,")]
+    assert [(tags["host"], got, ts) for _, tags, got, ts in host_lines] == [("h01", fields, T)]

@@ -279,3 +279,44 @@ def test_site_lines_cover_the_periods_of_changed_bins_and_the_standard_ones():
     assert "pue" not in by_period[("1h", T - HOUR)]  # no data in the hour before
     # the changed bins are forgotten once reported: the next call writes the standard periods only
     assert len(r.site_lines(now)) == 5
+
+
+def test_accumulator_lines_held_back_while_behind_come_later_with_the_latest_values():
+    book = EnergyBook(INDEX)
+    r = reporter(book)
+    book.add_host_point(H01, Point("s-h01", 0, T, 0.0), None)
+    book.add_host_point(H01, Point("s-h01", 1, T + 5 * MIN, 150_000.0), None)
+    assert len(r.accumulator_lines(book.take_dirty(), now_s=100.0, hold_s=10.0)) == 1  # first lines: not held
+    book.add_host_point(H01, Point("s-h01", 2, T + 10 * MIN, 300_000.0), None)
+    assert r.accumulator_lines(book.take_dirty(), now_s=105.0, hold_s=10.0) == []  # 5 s after the last lines
+    assert r.holding and book.unwritten == {("rack", "dc1", "hall-a", "r01", T)}
+    book.add_meter_point(UTILITY, Point("s-utility", 0, T, 0.0))
+    book.add_meter_point(UTILITY, Point("s-utility", 1, T + 6 * MIN, 324_000.0))
+    assert r.accumulator_lines(book.take_dirty(), now_s=109.0, hold_s=10.0) == []
+    # 10 s after the last lines: every held accumulator, once, with its current value
+    lines = sorted(parse(text) for text in r.accumulator_lines({}, now_s=110.0, hold_s=10.0))
+    assert [(m, ts) for m, _, _, ts in lines] == [("meter_energy", T), ("rack_energy", T)]
+    assert lines[1][2]["energy_kwh"] == pytest.approx(300_000 / 3.6e6)
+    assert not r.holding and book.unwritten == set()
+
+
+def test_accumulator_lines_not_held_when_the_caller_is_not_behind():
+    book = EnergyBook(INDEX)
+    r = reporter(book)
+    book.add_host_point(H01, Point("s-h01", 0, T, 0.0), None)
+    book.add_host_point(H01, Point("s-h01", 1, T + 5 * MIN, 150_000.0), None)
+    assert r.accumulator_lines(book.take_dirty(), now_s=100.0, hold_s=10.0)
+    book.add_host_point(H01, Point("s-h01", 2, T + 10 * MIN, 300_000.0), None)
+    assert r.accumulator_lines(book.take_dirty(), now_s=101.0, hold_s=10.0) == []
+    (text,) = r.accumulator_lines({}, now_s=101.5)  # hold_s 0: everything held is written now
+    assert parse(text)[2]["energy_kwh"] == pytest.approx(300_000 / 3.6e6)
+
+
+def test_held_lines_still_mark_their_site_bins_for_the_site_metrics():
+    book = full_bin_book()
+    r = reporter(book)
+    assert r.accumulator_lines({}, now_s=0.0, hold_s=10.0) == []  # lines written (none) at 0 s
+    assert r.accumulator_lines(book.take_dirty(), now_s=1.0, hold_s=10.0) == []  # held
+    now = T + 3 * 86_400_000  # bin T is no standard period any more: only its change brings it back
+    periods = {(tags["period"], ts) for _, tags, _, ts in map(parse, r.site_lines(now))}
+    assert ("15m", T) in periods

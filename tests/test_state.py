@@ -275,3 +275,73 @@ def test_forgetting_old_bins_in_memory_and_on_disk_agree(tmp_path):
     assert book.site_bin_starts("dc1", 0, 2**62) == sorted({k[-1] for k in book.accumulators if k[0] != "rack"})
     again, _ = restored(tmp_path / "state.db")
     assert rows(again) == rows(book)
+
+
+# Rack and meter lines held back by the reporter (Reporter.accumulator_lines): saved as unwritten, so that a
+# collector killed before writing them writes them after its restart.
+
+def held_then_killed(path) -> tuple[EnergyBook, dict]:
+    """A flush whose lines were written, then one whose lines were held, then the process dies."""
+    store = StateStore(path)
+    book = EnergyBook(INDEX, keep_points=KEEP)
+    book.add_host_point(H01, h01_point(0), None)
+    book.add_host_point(H01, h01_point(1), None)
+    store.save(book.take_new_points(), book.take_dirty(), lines_written=True)
+    book.add_host_point(H01, h01_point(2), None)
+    book.add_meter_point(UTILITY, Point("s-utility-a", 0, T, 0.0))
+    book.add_meter_point(UTILITY, Point("s-utility-a", 1, T + 10 * MIN, 540_000.0))
+    held = book.take_dirty()
+    store.save(book.take_new_points(), held, lines_written=False)
+    store.close()  # killed: nothing written after this
+    return book, held
+
+
+def test_accumulators_saved_while_lines_are_held_are_restored_as_unwritten(tmp_path):
+    book, held = held_then_killed(tmp_path / "state.db")
+    again, _ = restored(tmp_path / "state.db")
+    assert again.unwritten == set(held)  # the rack and hosts bins of h01, the meter bin
+    assert rows(again) == rows(book)
+
+
+def test_a_save_after_the_held_lines_are_written_marks_them_written(tmp_path):
+    held_then_killed(tmp_path / "state.db")
+    store = StateStore(tmp_path / "state.db")
+    book = EnergyBook(INDEX, keep_points=KEEP)
+    store.load_into(book)
+    assert book.unwritten
+    book.unwritten.clear()  # the reporter wrote their lines
+    book.add_host_point(H02, Point("s-h02-a", 0, T, 0.0), None)
+    store.save(book.take_new_points(), book.take_dirty(), lines_written=True)
+    store.close()
+    again, _ = restored(tmp_path / "state.db")
+    assert again.unwritten == set()
+    assert rows(again) == rows(book)
+
+
+def test_lines_held_when_the_collector_died_are_written_by_the_restarted_one(tmp_path):
+    from collector.report import Reporter, site_factors
+    from tests.lineparse import parse
+    book, held = held_then_killed(tmp_path / "state.db")
+    again, _ = restored(tmp_path / "state.db")
+    reporter = Reporter(INDEX, again, {}, {"dc1": site_factors(INDEX.site("dc1"))})
+    lines = sorted(parse(text) for text in reporter.accumulator_lines({}, now_s=5.0, hold_s=10.0))
+    assert [(m, tags.get("rack") or tags.get("meter"), ts) for m, tags, _, ts in lines] == [
+        ("meter_energy", "utility-1", T), ("rack_energy", "r01", T)]
+    assert lines[1][2]["energy_kwh"] == pytest.approx(120_000 / 3.6e6)  # h01 up to seq 2: 4 min at 500 W
+
+
+def test_a_state_from_before_line_epochs_loads_with_every_line_written(tmp_path):
+    path = tmp_path / "state.db"
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE points (stream TEXT NOT NULL, session TEXT NOT NULL, seq INTEGER NOT NULL,
+            ts_ms INTEGER NOT NULL, energy_j REAL NOT NULL, PRIMARY KEY (stream, session, seq)) WITHOUT ROWID;
+        CREATE TABLE accumulators (scope TEXT NOT NULL, bin_ms INTEGER NOT NULL, energy_j REAL, covered_ms REAL,
+            cpu_w REAL, cpu_n REAL, gpu_w REAL, gpu_n REAL, PRIMARY KEY (scope, bin_ms)) WITHOUT ROWID;""")
+    db.execute("INSERT INTO accumulators VALUES (?, ?, 1.0, 2.0, 3.0, 4.0, 0.0, 0.0)",
+               ("rack\x1fdc1\x1fhall-a\x1fr01", T))
+    db.commit()
+    db.close()
+    book, (_, accumulators) = restored(path)
+    assert accumulators == 1 and book.unwritten == set()
+    assert book.accumulators[("rack", "dc1", "hall-a", "r01", T)].as_row() == (1.0, 2.0, 3.0, 4.0, 0.0, 0.0)

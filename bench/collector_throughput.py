@@ -9,15 +9,18 @@ client) receiving the same stream in the same run, with publish-to-stored latenc
 
 One run, everything on loopback, in a temp folder, stopped at the end (also on Ctrl-C or SIGTERM):
 
-1. a site config with --hosts hosts in racks of 40 (rooms of 250 racks) and a facility meter;
+1. the site simulator's scenario for the benchmark (stream_publisher.bench_scenario: --hosts hosts in racks of
+   40, rooms of 100 racks, the simulator's utility, UPS-output and cooling meters) and the collector's site
+   config for it (simulator.site_config);
 2. mosquitto (no persistence unless --broker-persistence; max_queued_messages above the whole stream), and
    influxd 1.6.7 (database created; collector on the v1 API) or VictoriaMetrics (collector on the v2 API);
 3. the real collector as a subprocess, `python -m collector.cli --config <toml>` with the product's ingest
    defaults and collector_stats every second (`--profile FILE` or DCEM_BENCH_PROFILE=FILE runs it under
    cProfile and prints where the time goes);
 4. `mosquitto_sub -q 1 -F %U` on the same subscription, writing the arrival time of every message;
-5. bench/stream_publisher.py in --publishers processes: --rate messages/s for --seconds s, one host sample per
-   message, each host once every hosts/rate s, QoS 1 with bounded in-flight publishes;
+5. bench/stream_publisher.py in --publishers processes: the simulator's messages (one sample per message, power
+   and energy from simulator.model), --rate messages/s for --seconds s, each device once every
+   (hosts + meters)/rate s, QoS 1 with bounded in-flight publishes; they start together once all are ready;
 6. while it runs: InfluxDB is polled for the raw `host` points of a few probe racks (publish-to-stored latency:
    first seen minus the ts_ms the publisher put in the payload, which is its wall clock at publish), and the
    collector's collector_stats (messages, accepted, rejected, written_lines) for progress;
@@ -54,6 +57,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import stream_publisher as sp  # noqa: E402
+from simulator.model import meters as sim_meters  # noqa: E402
+from simulator.site_config import site_config  # noqa: E402
 from collector.writers import InfluxV1Writer, QueryError  # noqa: E402
 from common.local_servers import Influxd, ServerProcess, VictoriaMetrics, find_binary, free_port  # noqa: E402
 
@@ -75,20 +80,20 @@ def _interrupt(*_):
 # ---------------------------------------------------------------- set-up
 
 
-def write_site_config(path: Path, hosts: int) -> None:
-    """One site, hosts in racks of 40 and rooms of 250 racks (stream_publisher.host_levels), one grid meter."""
-    rooms: dict[str, dict[str, list[str]]] = {}
-    for i in range(hosts):
-        room, rack, host = sp.host_levels(i)
-        rooms.setdefault(room, {}).setdefault(rack, []).append(host)
-    out = [f"sites:\n  - id: {sp.SITE}\n    name: \"Throughput benchmark site\"\n    timezone: Asia/Shanghai\n"
-           "    grid_region: central\n    rooms:\n"]
-    for room, racks in rooms.items():
-        out.append(f"      - id: {room}\n        racks:\n")
-        for rack, names in racks.items():
-            out.append(f"          - id: {rack}\n            hosts: [{', '.join(names)}]\n")
-    out.append("    meters:\n      - id: utility-1\n        role: facility-input\n        source: grid\n")
-    path.write_text("".join(out))
+def write_site_config(path: Path, scenario) -> None:
+    """The collector's site config for the scenario (simulator.site_config), written as JSON, which is YAML too
+    (PyYAML's safe_dump takes minutes for 200,000 hosts)."""
+    path.write_text(json.dumps(site_config(scenario)))
+
+
+def probe_racks(scenario, wanted: int) -> list[tuple[str, str]]:
+    """(room, rack) of `wanted` racks spread over the site; with --order random their hosts publish at moments
+    spread over the cycle."""
+    racks = [(room.id, f"r{r:02d}") for room in scenario.rooms for r in range(1, room.racks + 1)]
+    n = min(wanted, len(racks))
+    return sorted({racks[j * len(racks) // n] for j in range(n)})
+
+
 
 
 class BenchMosquitto(ServerProcess):
@@ -193,14 +198,18 @@ class Db:
                                     timeout=10) as response:
             return [json.loads(text) for text in response.read().decode().splitlines() if text]
 
-    def probe_points(self, racks: list[str], since_ms: int) -> set[tuple[str, int]]:
-        """(host, ts_ms) of the raw host points stored for the probe racks' hosts since since_ms."""
+    def probe_points(self, racks: list[tuple[str, str]], since_ms: int) -> set[tuple[str, int]]:
+        """(host, ts_ms) of the raw host points stored for the probe racks' (room, rack) hosts since since_ms
+        (cpu_util: every host point has it, a session's first without power included). Tag equality only: a
+        regular expression over 200,000 hosts costs influxd ~150 ms a poll."""
         if self.v1:
-            where = " OR ".join(f"rack='{r}'" for r in racks)
-            rows = self._rows(f'SELECT server_input_w FROM "host" WHERE ({where}) AND time >= {since_ms}ms '
+            where = " OR ".join(f"(room='{room}' AND rack='{rack}')" for room, rack in racks)
+            rows = self._rows(f'SELECT cpu_util FROM "host" WHERE ({where}) AND time >= {since_ms}ms '
                               'GROUP BY "host"')
             return {(row["host"], row["time"]) for row in rows}
-        series = self._export(f'host_server_input_w{{rack=~"{"|".join(racks)}"}}', since_ms)
+        rooms, names = "|".join(sorted({r for r, _ in racks})), "|".join(sorted({k for _, k in racks}))
+        series = [s for s in self._export(f'host_cpu_util{{room=~"{rooms}",rack=~"{names}"}}', since_ms)
+                  if (s["metric"]["room"], s["metric"]["rack"]) in set(racks)]
         return {(s["metric"]["host"], ts) for s in series for ts in s["timestamps"] if ts >= since_ms}
 
     def stats(self) -> list[dict]:
@@ -226,12 +235,16 @@ class Db:
         return rows[-1] if rows else None
 
     def count_raw(self, since_ms: int) -> int:
-        """Raw `host` points stored since since_ms."""
+        """Raw `host` and `meter` points stored since since_ms."""
         if self.v1:
-            rows = self._rows(f'SELECT count(server_input_w) AS n FROM "host" WHERE time >= {since_ms}ms')
-            return int(rows[0]["n"]) if rows else 0
-        params = urllib.parse.urlencode({"query": f"sum(count_over_time(host_server_input_w[{int(time.time() - since_ms / 1000) + 60}s]))",
-                                         "time": f"{time.time():.3f}"})
+            total = 0
+            for measurement, field_name in (("host", "cpu_util"), ("meter", "energy_kwh")):
+                rows = self._rows(f'SELECT count({field_name}) AS n FROM "{measurement}" WHERE time >= {since_ms}ms')
+                total += int(rows[0]["n"]) if rows else 0
+            return total
+        window = f"{int(time.time() - since_ms / 1000) + 60}s"
+        query = f"sum(count_over_time(host_cpu_util[{window}])) + sum(count_over_time(meter_energy_kwh[{window}]))"
+        params = urllib.parse.urlencode({"query": query, "time": f"{time.time():.3f}"})
         with urllib.request.urlopen(f"{self.url}/api/v1/query?{params}", timeout=30) as response:
             result = json.loads(response.read())["data"]["result"]
         return int(float(result[0]["value"][1])) if result else 0
@@ -240,7 +253,8 @@ class Db:
         """Points per other measurement written meanwhile (rack_energy, site_metrics...)."""
         out = {}
         if self.v1:
-            for m, f in (("rack_energy", "energy_kwh"), ("site_metrics", "pue_status"), ("collector_stats", "accepted")):
+            for m, f in (("rack_energy", "energy_kwh"), ("meter_energy", "energy_kwh"), ("site_metrics", "pue_status"),
+                         ("collector_stats", "accepted")):
                 rows = self._rows(f'SELECT count({f}) AS n FROM "{m}"')
                 out[m] = int(rows[0]["n"]) if rows else 0
         return out
@@ -436,15 +450,16 @@ def execute(run: Run) -> dict:
             f"(each every {hosts / args.rate:g} s, {args.order} order), {args.publishers} {args.client} publisher process(es), "
             f"db {args.db}, nproc {os.cpu_count()}, folder {folder}")
 
-    # 1. site config
+    # 1. the simulator's scenario and the collector's site config for it
     t = time.monotonic()
+    scenario = sp.bench_scenario(hosts, args.gpus)
     site = folder / "site.yaml"
-    write_site_config(site, hosts)
-    racks = hosts // sp.HOSTS_PER_RACK + (1 if hosts % sp.HOSTS_PER_RACK else 0)
-    # probe racks spread over the site; with --order random their hosts publish at moments spread over the cycle
-    n_probe = min(args.probe_racks, racks)
-    probe = sorted({sp.host_levels(sp.HOSTS_PER_RACK * (j * racks // n_probe))[1] for j in range(n_probe)})
-    probe_hosts = sum(1 for i in range(hosts) if sp.host_levels(i)[1] in probe)
+    write_site_config(site, scenario)
+    racks = sum(room.racks for room in scenario.rooms)
+    devices = hosts + len(sim_meters(scenario))
+    probe = probe_racks(scenario, args.probe_racks)
+    probe_hosts = sum(room.hosts_per_rack for room in scenario.rooms for r in range(1, room.racks + 1)
+                      if (room.id, f"r{r:02d}") in probe)
 
     # 2. servers
     broker = BenchMosquitto(folder / "broker", max_queued=max(1_000_000, 2 * total), persistence=args.broker_persistence,
@@ -461,6 +476,25 @@ def execute(run: Run) -> dict:
         db_server.start()
         run.servers.append(db_server)
     db = Db(args.db, db_server.url)
+
+    # publishers: the simulator's messages, built and connected while the collector starts
+    pubs, pub_errs = [], []
+    start_file = folder / "start-at"
+    run_start_ms = int(time.time() * 1000)
+    for p in range(args.publishers):
+        out_path, err_path = folder / f"publisher-{p}.json", folder / f"publisher-{p}.err"
+        with open(out_path, "wb") as out, open(err_path, "wb") as err:
+            pubs.append((subprocess.Popen(
+                [sys.executable, str(ROOT / "bench" / "stream_publisher.py"), "--port", str(broker.port),
+                 "--rate", str(args.rate), "--seconds", str(args.seconds), "--hosts", str(hosts),
+                 "--gpus", str(args.gpus), "--procs", str(args.publishers), "--proc-index", str(p),
+                 "--max-inflight", str(args.max_inflight), "--client", args.client, "--order", args.order,
+                 "--run-start-ms", str(run_start_ms), "--start-file", str(start_file),
+                 "--start-slack-s", "60",
+                 "--ack-timeout", str(args.drain_timeout), "--raw-resolution-s", str(args.raw_resolution_s)],
+                cwd=ROOT, stdout=out, stderr=err, start_new_session=True), out_path))
+        pub_errs.append((pubs[-1][0], err_path))
+        run.children.append(pubs[-1][0])
 
     # 3. collector
     state = folder / "state"
@@ -508,21 +542,15 @@ def execute(run: Run) -> dict:
             raise RuntimeError(f"mosquitto_sub did not subscribe: {sub_out.read_text()[-500:]}")
         time.sleep(0.02)
 
-    # 5. publishers, started together at start_at
+    # 5. publishers (started with the collector, they compute the site's step powers meanwhile), then all
+    # started together at start_at once every one is ready
+    while not all(path.exists() and "ready" in path.read_text(errors="replace") for _, path in pub_errs):
+        for p, err_path in pub_errs:
+            if p.poll() is not None:
+                raise RuntimeError(f"publisher exited with {p.returncode}: {err_path.read_text()[-2000:]}")
+        time.sleep(0.05)
     start_at = time.time() + args.publisher_startup_s
-    pubs = []
-    run_id = f"b{int(time.time()) % 1_000_000:06d}"
-    for p in range(args.publishers):
-        out_path = folder / f"publisher-{p}.json"
-        with open(out_path, "wb") as out, open(folder / f"publisher-{p}.err", "wb") as err:
-            pubs.append((subprocess.Popen(
-                [sys.executable, str(ROOT / "bench" / "stream_publisher.py"), "--port", str(broker.port),
-                 "--rate", str(args.rate), "--seconds", str(args.seconds), "--hosts", str(hosts),
-                 "--procs", str(args.publishers), "--proc-index", str(p), "--max-inflight", str(args.max_inflight),
-                 "--client", args.client, "--order", args.order, "--run-id", run_id, "--start-at", f"{start_at:.3f}",
-                 "--ack-timeout", str(args.drain_timeout), "--raw-resolution-s", str(args.raw_resolution_s)],
-                cwd=ROOT, env=env, stdout=out, stderr=err, start_new_session=True), out_path))
-            run.children.append(pubs[-1][0])
+    start_file.write_text(f"{start_at:.3f}")
 
     run.procs = {"collector": Proc("collector", collector.pid), "mosquitto": Proc("mosquitto", broker.process.pid),
                  "mosquitto_sub": Proc("mosquitto_sub", sub.pid), args.db: Proc(args.db, db_server.process.pid),
@@ -675,7 +703,7 @@ def execute(run: Run) -> dict:
 
     latencies = sorted(seen[key][0] - key[1] / 1000 for key in seen if key[1] >= start_ms)
     lower = sorted(max(0.0, seen[key][1] - key[1] / 1000) for key in seen if key[1] >= start_ms)
-    expected_probe = round(sent * probe_hosts / hosts) if hosts else 0
+    expected_probe = round(sent * probe_hosts / devices) if devices else 0
     p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
 
     window_s = max(1e-9, end_wall - t_start_wall)
@@ -709,7 +737,7 @@ def execute(run: Run) -> dict:
     run.say(f"mosquitto_sub (C client, QoS 1, same subscription): received {sub_received}, "
             f"{s_rate:,.0f} msg/s over its busy window {s_t1 - s_t0:.1f} s, last message "
             f"{sub_drain_s:+.2f} s after the last publish, CPU {cpu['mosquitto_sub']:.1f} s")
-    run.say(f"stored raw host points since the start: {stored_raw} = accepted {accepted} - {same_slot} published "
+    run.say(f"stored raw host and meter points since the start: {stored_raw} = accepted {accepted} - {same_slot} published "
             f"within their host's previous {args.raw_resolution_s:g} s raw slot (publish jitter; not stored as raw, "
             f"by design) - {unstored} missing; failed writes {failed_writes}, output backlog at the end "
             f"{backlog} batches; other points: {other_counts}")
@@ -717,7 +745,7 @@ def execute(run: Run) -> dict:
         run.say(f"  the collector logged {influx_rejections} influxdb-batch-rejected event(s), e.g.: "
                 f"{influx_rejection_sample[:300]}")
     run.say(f"publish-to-stored latency over {len(latencies)} probe points of the {probe_hosts} hosts of racks "
-            f"{','.join(probe)} ({expected_probe} expected; InfluxDB polled every {args.poll_interval:g} s, so the figures are "
+            f"{','.join('/'.join(r) for r in probe)} ({expected_probe} expected; InfluxDB polled every {args.poll_interval:g} s, so the figures are "
             f"upper bounds by up to one poll): p50 {p50:.3f} s, p90 {percentile(latencies, 0.9):.3f} s, p99 {p99:.3f} s, "
             f"max {latencies[-1] if latencies else float('nan'):.3f} s; lower bounds (not yet visible at the "
             f"previous poll): p50 {percentile(lower, 0.5):.3f} s, p99 {percentile(lower, 0.99):.3f} s; "
@@ -739,7 +767,8 @@ def execute(run: Run) -> dict:
         "ratio": round(c_rate / s_rate, 3) if s_rate else 0, "points_per_s": round(points_per_s),
         "latency_p50_s": round(p50, 3), "latency_p99_s": round(p99, 3), "sent": sent, "accepted": accepted,
         "lost": lost, "cores": cores, "pass": "yes" if passed else "no",
-        "rate": f"{args.rate:g}", "seconds": f"{args.seconds:g}", "hosts": hosts, "db": args.db,
+        "rate": f"{args.rate:g}", "seconds": f"{args.seconds:g}", "hosts": hosts, "gpus": args.gpus,
+        "meter_messages": sum(p.get("meter_messages", 0) for p in publishers), "engine": "simulator", "db": args.db,
         "publisher": f"{args.client}x{args.publishers}", "order": args.order, "publish_rate": round(pub_rate), "planned": planned,
         "acked": acked, "sub_received": sub_received, "rejected": rejected, "stored_raw": stored_raw, "same_slot": same_slot, "unstored": unstored, "failed_writes": failed_writes,
         "drained": "yes" if drained else "no", "drain_s": round(drain_s, 2), "latency_max_s": round(latencies[-1], 3) if latencies else "nan",
@@ -757,6 +786,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rate", type=float, default=20000, help="messages/s offered (default 20000)")
     p.add_argument("--seconds", type=float, default=30, help="how long to publish")
     p.add_argument("--hosts", type=int, default=None, help="hosts in the site (default rate x 10: each every 10 s)")
+    p.add_argument("--gpus", type=int, default=0,
+                   help="GPUs per simulated host (default 0; each GPU adds a raw gpu point per stored host point)")
     p.add_argument("--db", choices=["influxd", "victoria-metrics"], default="influxd")
     p.add_argument("--client", choices=["paho", "raw"], default="paho",
                    help="publisher MQTT client: paho-mqtt (~40 us CPU per message) or a minimal raw-socket one (~8 us)")
@@ -768,7 +799,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="longest wait after publishing for the collector to catch up (default 60 + 2 x seconds)")
     p.add_argument("--stall-timeout", type=float, default=20.0, help="stop when the collector makes no progress")
     p.add_argument("--startup-timeout", type=float, default=300.0, help="longest wait for the collector to connect")
-    p.add_argument("--publisher-startup-s", type=float, default=3.0)
+    p.add_argument("--publisher-startup-s", type=float, default=1.0,
+                   help="delay between every publisher being ready and the common start")
     p.add_argument("--probe-racks", type=int, default=5, help="racks (40 hosts each) whose stored points are timed")
     p.add_argument("--order", choices=["random", "rack"], default="random",
                    help="host order within a publishing cycle: a fixed shuffle (independent agents) or rack by rack")

@@ -1,27 +1,36 @@
-"""Load generator for bench/collector_throughput.py: agent-format sample messages at a fixed rate over MQTT QoS 1.
+"""Load generator for bench/collector_throughput.py: the site simulator's messages at a fixed rate over MQTT QoS 1.
 
-One process publishes `--rate` messages/s for `--seconds` seconds, cycling over its share of `--hosts` hosts in
-a fixed order (so with rate R and H hosts each host publishes once every H/R seconds, like a real agent
-publishing every 10 s when H = 10 R). The order is a fixed shuffle by default (agents' phases are independent,
-so consecutive messages come from different racks), or rack by rack (`--order rack`). Each message is one
-SampleBatch with one host sample, exactly the contract's JSON (common.contract), built from a template with
-session, seq, ts_ms and the energy counters substituted; ts_ms is the wall clock at the moment of publishing, so
-a consumer can measure publish-to-stored latency.
+The engine is the site simulator (simulator/): `bench_scenario` is a simulator Scenario of `--hosts` hosts (racks
+of 40, rooms of 100 racks, rooms alternating a training and an office load, seeded per-host jitter) plus its
+facility meters; simulator.model gives every device's power per 10 s step (constant within a step), and each
+message is exactly what the simulator publishes for that device: host messages through
+simulator.messages.HostEncoder (byte-for-byte the contract models' JSON, tested in
+tests/test_simulator_encoder.py, ~3 us instead of ~25 us per message), meter messages through the contract
+models. Each device's session is the simulator's `sim-{run start}-{device}`; its first message (seq 0) opens the
+session with energy 0, every later one carries the energy integrated from the model's step powers since then.
+Unlike the simulator's own publisher (all devices at each step end, in simulated time), the devices publish one
+at a time, each once per cycle, so the stream is steady: one process publishes `--rate` messages/s for
+`--seconds` seconds, cycling over its share of the devices in a fixed order (with rate R and H hosts each device
+publishes once every (H + meters)/R s, like a real agent publishing every 10 s when H = 10 R). The order is a
+fixed shuffle by default (agents' phases are independent, so consecutive messages come from different racks),
+or rack by rack (`--order rack`). ts_ms is the wall clock at the moment of publishing (the sample's end), so a
+consumer can measure publish-to-stored latency.
 
 QoS 1 publishes in flight (sent, PUBACK not yet received) are bounded by `--max-inflight`: paho's packet ids
 are 16 bits, so an unbounded publisher (mosquitto_pub -l at QoS 1) silently loses messages beyond ~65,535
 outstanding. When the bound is reached the publisher waits for PUBACKs and falls behind its schedule, and says
 so (`behind_max_s`). Every publish call's return code is checked and every PUBACK counted: the final JSON line
-on stdout reports sent, acked and failed counts, the achieved rate and the process's own CPU seconds, and
-`same_slot`: messages published within the same raw-resolution slot as their host's previous one (publish jitter
-at a slot edge), which the collector accounts but by design does not store as raw readings.
+on stdout reports sent, acked and failed counts, the achieved rate and the process's own CPU seconds,
+`meter_messages`, and `same_slot`: messages published within the same raw-resolution slot as their device's
+previous one (publish jitter at a slot edge), which the collector accounts but by design does not store as raw
+readings.
 
-Several processes can share the load (`--procs P --proc-index p`: process p publishes every P-th host of the
-publishing order, starting at the p-th, at rate R/P); start them with the same `--start-at` wall time.
-`--client raw` replaces paho with a minimal QoS 1 publisher on a plain socket (RawTransport), for a load
-generator that leaves the CPU to the system under test.
-
-The host layout (`host_levels`) is shared with collector_throughput.py, which writes the matching site config.
+Start-up: the process builds the site and the step powers of the whole run (about 2 s for 200,000 hosts plus
+0.5 s per step), connects, prints `ready` on stderr and waits for `--start-file` to hold the wall-clock start time
+(or starts at `--start-at`). Several processes can share the load (`--procs P --proc-index p`: process p publishes
+every P-th device of the publishing order, starting at the p-th, at rate R/P). `--client raw` replaces paho with
+a minimal QoS 1 publisher on a plain socket (RawTransport), for a load generator that leaves the CPU to the
+system under test.
 """
 
 from __future__ import annotations
@@ -42,100 +51,140 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import paho.mqtt.client as paho  # noqa: E402
 
-from common.contract import (  # noqa: E402
-    Component,
-    HostStats,
-    Method,
-    Reading,
-    Sample,
-    SampleBatch,
-    decode_batch,
-    encode,
+from common.contract import SampleBatch, decode_batch, encode  # noqa: E402
+from simulator.messages import (  # noqa: E402
+    HostEncoder,
+    host_payload,
+    host_topic,
+    meter_sample,
+    meter_topic,
+    session_id,
 )
+from simulator.model import Host, HostPower, Meter, hosts, meters, site_power  # noqa: E402
+from simulator.scenario import Scenario  # noqa: E402
 
 SITE = "bench"
 HOSTS_PER_RACK = 40
-RACKS_PER_ROOM = 250
+RACKS_PER_ROOM = 100  # the most a scenario room holds
+STEP_S = 10
 TOPIC_ROOT = "dcem"
 
-# Sentinels in the template payload, replaced per message (they must not occur elsewhere in the JSON).
-_SESSION = "SESSIONXSENTINEL"
-_SEQ = 987654321
-_TS = 1999999999999
-_ENERGY = (111111.5, 222222.5, 333333.5, 444444.5, 555555.5)
+
+def bench_scenario(hosts_total: int, gpus: int = 0) -> Scenario:
+    """The benchmark site as a simulator scenario: `hosts_total` hosts in racks of 40 (a last rack holds the rest),
+    rooms of up to 100 racks alternating a training load (busy all run) and an office load (a half sine over the
+    local day), one host profile with `gpus` GPUs, and the simulator's utility, UPS-output and cooling meters."""
+    full_racks, rest = divmod(hosts_total, HOSTS_PER_RACK)
+    shapes = [(min(RACKS_PER_ROOM, full_racks - done), HOSTS_PER_RACK)
+              for done in range(0, full_racks, RACKS_PER_ROOM)]
+    shapes += [(1, rest)] if rest else []
+    rooms = [{"id": f"hall-{i:02d}", "racks": racks, "hosts_per_rack": per_rack, "host_profile": "server",
+              "load_profile": ("training", "office")[i % 2]} for i, (racks, per_rack) in enumerate(shapes)]
+    return Scenario.model_validate({
+        "site": SITE, "name": "Throughput benchmark site", "timezone": "Asia/Shanghai", "grid_region": "central",
+        "seed": 1, "host_jitter": 0.1, "duration_h": 1, "step_s": STEP_S,
+        "host_profiles": {"server": {"idle_w": 180, "peak_w": 480, "gpus": gpus, "gpu_idle_w": 50 if gpus else 0,
+                                     "gpu_peak_w": 350 if gpus else 0, "logical_cpus": 64, "mem_total_gb": 256}},
+        "load_profiles": {
+            "training": {"kind": "training", "cpu_idle": 0.05, "cpu_busy": 0.6, "gpu_idle": 0.02, "gpu_busy": 0.9},
+            "office": {"kind": "office", "cpu_idle": 0.08, "cpu_busy": 0.7, "gpu_busy": 0.3,
+                       "day_start_h": 8, "day_end_h": 19}},
+        "rooms": rooms, "weather": {"mean_c": 22, "amplitude_c": 6}, "cooling": {"a": 0.25, "b": 0.01},
+        "ups": {"fixed_w": 2000, "k": 0.04},
+    })
 
 
-def host_levels(index: int) -> tuple[str, str, str]:
-    """(room, rack, host) topic levels of host number `index`: racks of 40, rooms of 250 racks."""
-    rack = index // HOSTS_PER_RACK
-    return f"hall-{rack // RACKS_PER_ROOM:02d}", f"r{rack:05d}", f"h{index:06d}"
-
-
-def publish_order(hosts: int, order: str) -> list[int]:
-    """Host indexes in the order they publish within each cycle. "random" (a fixed shuffle): agents' phases
-    are independent, so one collector batch touches hosts of many racks; "rack": rack by rack."""
-    indexes = list(range(hosts))
+def publish_order(devices: int, order: str) -> list[int]:
+    """Device indexes (hosts, then meters) in the order they publish within each cycle. "random" (a fixed
+    shuffle): agents' phases are independent, so one collector batch touches hosts of many racks; "rack": rack
+    by rack."""
+    indexes = list(range(devices))
     if order == "random":
         random.Random(1).shuffle(indexes)
     return indexes
 
 
-def host_topic(index: int) -> str:
-    room, rack, host = host_levels(index)
-    return f"{TOPIC_ROOT}/v1/{SITE}/{room}/{rack}/{host}/samples"
+class SimulatedSite:
+    """This process's share of the simulated site, live: the message of device k at wall-clock ts_ms.
+
+    Power is the model's (simulator.model.site_power) for the 10 s step holding ts_ms, steps counted from
+    `run_start_ms`; a device's energy is integrated exactly over the steps since its session opened."""
+
+    def __init__(self, scenario: Scenario, devices: list[int], run_start_ms: int, steps: int = 0):
+        self.scenario = scenario
+        self.run_start_ms = run_start_ms
+        self.step_ms = scenario.step_ms
+        self.all_hosts = hosts(scenario)
+        all_meters = meters(scenario)
+        everything: list[Host | Meter] = [*self.all_hosts, *all_meters]
+        self.devices = [everything[i] for i in devices]
+        self.topics = [(host_topic if isinstance(d, Host) else meter_topic)(scenario, d, TOPIC_ROOT)
+                       for d in self.devices]
+        self.sessions = [session_id(run_start_ms, d.id) for d in self.devices]
+        self.encoders = [HostEncoder(d, s) if isinstance(d, Host) else None
+                         for d, s in zip(self.devices, self.sessions)]
+        self._powers: list[list[HostPower | float]] = []  # per step, per device of this share
+        # (energy, per-GPU energy) J since the run start at each step start, per device of this share
+        self._cumulative: list[list[tuple[float, float]]] = [[(0.0, 0.0)] * len(self.devices)]
+        self._opened: list[tuple[float, float] | None] = [None] * len(self.devices)  # cumulative J at seq 0
+        self._seq = [0] * len(self.devices)
+        self._step_of(run_start_ms + steps * self.step_ms)
+
+    def _step_of(self, ts_ms: int) -> int:
+        """The step holding ts_ms, computing the powers of the steps up to it."""
+        step = max(0, (ts_ms - self.run_start_ms) // self.step_ms)
+        while len(self._powers) <= step:
+            k = len(self._powers)
+            power = site_power(self.scenario, self.all_hosts, self.run_start_ms, self.run_start_ms + k * self.step_ms)
+            self._powers.append([power.hosts[d.id] if isinstance(d, Host) else power.meter_w(d) for d in self.devices])
+            self._cumulative.append([(e + _watts(p) * self.scenario.step_s, g + _gpu_watts(p) * self.scenario.step_s)
+                                     for (e, g), p in zip(self._cumulative[k], self._powers[k])])
+        return step
+
+    def _energy(self, i: int, step: int, ts_ms: int) -> tuple[float, float]:
+        """Device i's (energy, per-GPU energy) since the run start, J."""
+        power, (energy, gpu) = self._powers[step][i], self._cumulative[step][i]
+        seconds = (ts_ms - (self.run_start_ms + step * self.step_ms)) / 1000
+        return energy + _watts(power) * seconds, gpu + _gpu_watts(power) * seconds
+
+    def message(self, i: int, ts_ms: int) -> tuple[str, bytes]:
+        """Device i's next message, sampled at ts_ms (its first opens the session: seq 0, energy 0)."""
+        step = self._step_of(ts_ms)
+        seq = self._seq[i]
+        self._seq[i] = seq + 1
+        now = self._energy(i, step, ts_ms)
+        if seq == 0:
+            self._opened[i] = now
+        opened = self._opened[i]
+        energy, gpu_energy = now[0] - opened[0], now[1] - opened[1]
+        interval = float(self.scenario.step_s)
+        power = self._powers[step][i]
+        encoder = self.encoders[i]
+        if encoder is not None:
+            return self.topics[i], encoder.payload(power, seq, ts_ms, interval, energy, gpu_energy, seq == 0)
+        sample = meter_sample(self.devices[i], power, seq, ts_ms, interval, energy, seq == 0)
+        return self.topics[i], encode(SampleBatch(kind="meter", session=self.sessions[i], samples=[sample]))
+
+    def check(self) -> None:
+        """The fast host encoding must be the contract models' bytes, and a valid contract message."""
+        for i, encoder in enumerate(self.encoders):
+            if encoder is None:
+                continue
+            power = self._powers[0][i]
+            args = (power, 3, self.run_start_ms + 12_345, 10.0, 1234.5678, 98.25, False)
+            fast = encoder.payload(*args)
+            if fast != host_payload(self.devices[i], *args, self.sessions[i]) or \
+                    decode_batch(fast).samples[0].seq != 3:
+                raise RuntimeError(f"HostEncoder differs from the contract models: {fast[:300]!r}")
+            return
 
 
-def host_watts(index: int) -> float:
-    """A host's constant server-input power, 200-499 W."""
-    return 200.0 + index % 300
+def _watts(power: HostPower | float) -> float:
+    return power.server_w if isinstance(power, HostPower) else power
 
 
-def template() -> bytes:
-    """A %-format bytes template of one agent host message: (session, seq, ts_ms, 5 energies)."""
-    readings = [
-        Reading(component=Component.CPU_PACKAGE, id="package-0", method=Method.RAPL, power_w=96.5, energy_j=_ENERGY[1]),
-        Reading(component=Component.CPU_PACKAGE, id="package-1", method=Method.RAPL, power_w=91.25, energy_j=_ENERGY[2]),
-        Reading(component=Component.DRAM, id="dram-0", method=Method.RAPL, power_w=12.5, energy_j=_ENERGY[3]),
-        Reading(component=Component.DRAM, id="dram-1", method=Method.RAPL, power_w=11.75, energy_j=_ENERGY[4]),
-        Reading(component=Component.SERVER_INPUT, id="server", method=Method.MODEL, power_w=333.0, energy_j=_ENERGY[0]),
-    ]
-    sample = Sample(seq=_SEQ, ts_ms=_TS, interval_s=10.0, readings=readings,
-                    host=HostStats(cpu_util=0.42, cpu_freq_mhz=2600.0, logical_cpus=64,
-                                   mem_used_bytes=123_456_789_012, mem_total_bytes=274_877_906_944))
-    text = encode(SampleBatch(kind="host", session=_SESSION, samples=[sample])).replace(b"%", b"%%")
-    for sentinel in [_SESSION.encode(), str(_SEQ).encode(), str(_TS).encode(), *[repr(e).encode() for e in _ENERGY]]:
-        if text.count(sentinel) != 1:
-            raise RuntimeError(f"template sentinel {sentinel!r} found {text.count(sentinel)} times")
-    order = sorted([(text.index(_SESSION.encode()), "session"), (text.index(str(_SEQ).encode()), "seq"),
-                    (text.index(str(_TS).encode()), "ts")] +
-                   [(text.index(repr(e).encode()), f"e{i}") for i, e in enumerate(_ENERGY)])
-    expected = ["session", "seq", "ts", "e1", "e2", "e3", "e4", "e0"]
-    if [name for _, name in order] != expected:
-        raise RuntimeError(f"unexpected field order in the template: {order}")
-    text = text.replace(_SESSION.encode(), b"%s").replace(str(_SEQ).encode(), b"%d").replace(str(_TS).encode(), b"%d")
-    for e in _ENERGY:
-        text = text.replace(repr(e).encode(), b"%.3f")
-    return text
-
-
-def payload(tmpl: bytes, session: bytes, seq: int, ts_ms: int, elapsed_s: float, watts: float) -> bytes:
-    """One message: cumulative energies of a host drawing `watts` for `elapsed_s` since its session began."""
-    e = watts * elapsed_s
-    return tmpl % (session, seq, ts_ms, e * 0.29, e * 0.27, e * 0.04, e * 0.035, e)
-
-
-def session_of(run_id: str, index: int) -> bytes:
-    return f"{run_id}-{index:06d}".encode()
-
-
-def check_template(tmpl: bytes) -> None:
-    """The substituted template must be a valid contract message with the substituted values."""
-    now = int(time.time() * 1000)
-    batch = decode_batch(payload(tmpl, b"check-session-1", 7, now, 10.0, 300.0))
-    sample = batch.samples[0]
-    server = [r for r in sample.readings if r.component == Component.SERVER_INPUT][0]
-    if (batch.session, sample.seq, sample.ts_ms, server.energy_j) != ("check-session-1", 7, now, 3000.0):
-        raise RuntimeError(f"template substitution is wrong: {batch}")
+def _gpu_watts(power: HostPower | float) -> float:
+    return power.gpu_w if isinstance(power, HostPower) else 0.0
 
 
 class CoalescingClient(paho.Client):
@@ -353,47 +402,63 @@ class RawTransport:
             pass
 
 
-def run(transport, args: argparse.Namespace, stop: list[bool]) -> dict:
+def share(args: argparse.Namespace) -> SimulatedSite:
+    """This process's devices of the benchmark site, with the step powers of the whole run computed."""
+    scenario = bench_scenario(args.hosts, args.gpus)
+    devices = publish_order(args.hosts + len(meters(scenario)), args.order)[args.proc_index::args.procs]
+    if not devices:
+        raise SystemExit("this process has no devices")
+    steps = int((args.start_slack_s + args.seconds) // STEP_S) + 2
+    site = SimulatedSite(scenario, devices, args.run_start_ms, steps)
+    site.check()
+    return site
+
+
+def wait_for_start(args: argparse.Namespace, pump, stop: list[bool]) -> None:
+    """Until --start-file names the start (keeping the connection alive), then until that moment."""
+    while not args.start_at and not stop[0]:
+        try:
+            args.start_at = float(Path(args.start_file).read_text().strip() or 0)
+        except (OSError, ValueError):
+            pass
+        pump(0.05)
+    while time.time() < args.start_at and not stop[0]:
+        pump(min(0.05, max(0.0, args.start_at - time.time())))
+
+
+def run(transport, site: SimulatedSite, args: argparse.Namespace, stop: list[bool]) -> dict:
     """Publish the schedule; the result counts (sent, acked, failed), the rate and the CPU used."""
     a = args
     rate = a.rate / a.procs
-    mine = publish_order(a.hosts, a.order)[a.proc_index::a.procs]
-    if not mine:
-        raise SystemExit("this process has no hosts")
-    topics = [host_topic(i) for i in mine]
-    sessions = [session_of(a.run_id, i) for i in mine]
-    watts = [host_watts(i) for i in mine]
     total = int(round(rate * a.seconds))
-    tmpl = template()
-    check_template(tmpl)
-    session_start_ms = int(a.start_at * 1000) - 1  # energy counts from just before the first publish
-    n_hosts = len(mine)
+    n_devices = len(site.devices)
+    message = site.message
     publish, pump = transport.publish, transport.pump
     raw_ms = int(a.raw_resolution_s * 1000)
-    last_slot = [-1] * n_hosts  # the collector stores a host's raw reading once per slot: count the repeats
-    same_slot = 0
+    last_slot = [-1] * n_devices  # the collector stores a device's raw reading once per slot: count the repeats
+    same_slot = meter_messages = 0
     sent = failed = 0
     behind_max = 0.0
     blocked_s = 0.0
-    while time.time() < a.start_at and not stop[0]:
-        pump(min(0.05, max(0.0, a.start_at - time.time())))
+    wait_for_start(a, pump, stop)
     t0 = time.monotonic() - (time.time() - a.start_at)  # the schedule starts at start_at
     cpu0 = time.process_time()
     first_ms = last_ms = 0
     tick = max(1, int(rate * a.tick_s))  # publish in bursts of about tick_s worth of messages
+    is_meter = [encoder is None for encoder in site.encoders]
     while sent < total and not stop[0]:
         now = time.monotonic()
         due = min(total, int((now - t0) * rate) + 1)
         burst = 0
         while sent < due and sent - transport.acked < a.max_inflight and burst < 500:
-            k = sent % n_hosts
+            k = sent % n_devices
             ts_ms = int(time.time() * 1000)
             slot = ts_ms // raw_ms
             if last_slot[k] == slot:
                 same_slot += 1
             last_slot[k] = slot
-            if not publish(topics[k], payload(tmpl, sessions[k], sent // n_hosts, ts_ms,
-                                              (ts_ms - session_start_ms) / 1000, watts[k])):
+            meter_messages += is_meter[k]
+            if not publish(*message(k, ts_ms)):
                 failed += 1
             if not first_ms:
                 first_ms = ts_ms
@@ -424,8 +489,9 @@ def run(transport, args: argparse.Namespace, stop: list[bool]) -> dict:
         "rate_achieved": round((sent - 1) / elapsed, 1) if sent > 1 else 0.0,
         "publish_seconds": round(end_publish - t0, 3), "ack_wait_s": round(end_acked - end_publish, 3),
         "behind_max_s": round(behind_max, 3), "inflight_blocked_s": round(blocked_s, 3),
-        "first_ts_ms": first_ms, "last_ts_ms": last_ms, "same_slot": same_slot, "cpu_s": round(cpu, 3),
-        "cpu_s_total": round(sum(os.times()[:2]), 3), "hosts": n_hosts, "stopped_early": bool(stop[0]),
+        "first_ts_ms": first_ms, "last_ts_ms": last_ms, "same_slot": same_slot, "meter_messages": meter_messages,
+        "cpu_s": round(cpu, 3), "cpu_s_total": round(sum(os.times()[:2]), 3), "devices": n_devices,
+        "stopped_early": bool(stop[0]),
     }
 
 
@@ -436,8 +502,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rate", type=float, default=20000, help="messages/s over all --procs processes")
     p.add_argument("--seconds", type=float, default=30)
     p.add_argument("--hosts", type=int, default=200_000)
+    p.add_argument("--gpus", type=int, default=0, help="GPUs per simulated host (each adds a raw gpu point)")
     p.add_argument("--order", choices=["random", "rack"], default="random",
-                   help="order of the hosts within a cycle: a fixed shuffle (independent agents) or rack by rack")
+                   help="order of the devices within a cycle: a fixed shuffle (independent agents) or rack by rack")
     p.add_argument("--procs", type=int, default=1, help="processes sharing the load")
     p.add_argument("--proc-index", type=int, default=0)
     p.add_argument("--max-inflight", type=int, default=1000, help="QoS 1 publishes awaiting PUBACK, at most")
@@ -445,15 +512,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--client", choices=["paho", "raw"], default="paho",
                    help="paho-mqtt, or a minimal QoS 1 publisher on a plain socket (far less CPU)")
     p.add_argument("--protocol", choices=["5", "3.1.1"], default="5", help="as the agent (MQTT 5 by default)")
-    p.add_argument("--run-id", default=f"bench{int(time.time()) % 100000:05d}", help="session id prefix")
+    p.add_argument("--run-start-ms", type=int, default=None,
+                   help="the simulated run's start (epoch ms): steps and sessions count from it (default: now)")
     p.add_argument("--client-id", default=None)
     p.add_argument("--start-at", type=float, default=0.0, help="wall-clock time (epoch s) to start publishing")
+    p.add_argument("--start-file", default=None, help="wait until this file holds the start time (epoch s)")
+    p.add_argument("--start-slack-s", type=float, default=60.0,
+                   help="step powers are computed ahead for --seconds plus this much start-up delay")
     p.add_argument("--raw-resolution-s", type=float, default=10.0,
                    help="the collector's ingest.raw_resolution_s, to count messages it will not store as raw")
     p.add_argument("--tick-s", type=float, default=0.002, help="publish in bursts this far apart")
     p.add_argument("--ack-timeout", type=float, default=30.0, help="longest wait for the last PUBACKs")
     args = p.parse_args(argv)
     args.client_id = args.client_id or f"bench-publisher-{args.proc_index}-{os.getpid()}"
+    if args.run_start_ms is None:
+        args.run_start_ms = int(time.time() * 1000)
     if not 0 <= args.proc_index < args.procs:
         p.error("--proc-index must be in 0..procs-1")
     if not 0 < args.max_inflight < 65_535:
@@ -470,11 +543,13 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    site = share(args)
     transport = (RawTransport if args.client == "raw" else PahoTransport)(args)
     transport.connect()
-    if not args.start_at:
+    print("ready", file=sys.stderr, flush=True)
+    if not args.start_at and not args.start_file:
         args.start_at = time.time() + 0.2
-    result = run(transport, args, stop)
+    result = run(transport, site, args, stop)
     print(json.dumps(result), flush=True)
     ok = result["sent"] == result["planned"] == result["acked"] and not result["publish_failed"] \
         and not result["ack_failures"]

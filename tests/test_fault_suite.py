@@ -1,12 +1,15 @@
 """The fault suite: six simulated hours of a site, a real agent, and every fault the product must survive, in one run.
 
-Real mosquitto (password file and per-host ACL), real influxd, dcem-collector and dcem-agent as processes. Injected,
+Real mosquitto (password file and per-host ACL), real influxd, dcem-collector and dcem-agent as processes; the
+site's meters are served over Modbus TCP and read by the meter gateway's code, one simulated instant at a time,
+interleaved with the hosts' messages (simulator/modbus.py). Injected,
 in this order: a broker restart while the real agent is SIGKILLed during the outage; InfluxDB down while data
 keeps coming; the collector SIGKILLed mid-stream and restarted; duplicated and reordered deliveries; a host whose
 clock is 10 minutes ahead of the others; a batch from beyond the collector's future limit; a flood of malformed
 messages from one client; a client with valid credentials publishing into another host's topic.
 
-Afterwards: every stored 15-minute PUE, green ratio, CUE and facility energy equals the simulator's ground truth,
+Afterwards: every stored 15-minute PUE, green ratio, CUE and facility energy equals the simulator's ground truth
+(as the meters' registers hold it),
 the simulated racks' energy equals the truth's IT energy, the real agent's energy equals what it measured (every
 sequence number arrived), every bad message is counted by its reason, the broker refused every intruding
 publish, and neither process crashed. The figures are printed and recorded in docs/reliability.md.
@@ -27,22 +30,24 @@ from collector.writers import InfluxV1Writer
 from common.contract import (Component, Method, Reading, Sample, SampleBatch, encode, subscription,
                              SAMPLES_CHANNEL)
 from common.mqtt import MqttConfig
+from agent.gateway.config import GatewayConfig
 from simulator.cli import DEFAULT_SCENARIO
-from simulator.messages import messages
+from simulator.modbus import LockstepGateway, MeterServer, gateway_config, host_messages, register_steps
+from simulator.modbus import registered_truth
 from simulator.scenario import load_scenario, start_ms
 from simulator.site_config import site_config
-from simulator.truth import ground_truth
 from tests.agent_process import AgentProcess, write_agent_config
 from tests.collector_harness import publish_all, rows, start_collector_process, wait_for, write_toml
-from tests.servers import Influxd, Mosquitto, add_mqtt_user
+from tests.servers import Influxd, Mosquitto, add_mqtt_user, free_port
 from tests.subscriber import Recorder
+from tests.test_simulator_collector import assert_stored_bins_equal
 
 pytestmark = pytest.mark.servers
 
 ROUNDING = 1e-9
 SKEWED_HOST = "hall-b-r01-h01"
 SKEW_MS = 10 * 60_000
-USERS = ("collector", "simulator", "auditor", "h-real", "h-flood")
+USERS = ("collector", "simulator", "auditor", "meter-gateway", "h-real", "h-flood")
 ACL = """user collector
 topic read dcem/#
 topic write dcem/deadletter/#
@@ -53,6 +58,9 @@ topic read dcem/#
 
 user simulator
 topic write dcem/v1/#
+
+user meter-gateway
+topic write dcem/v1/dc1/facility/#
 
 pattern write dcem/v1/+/+/+/%u/#
 """
@@ -126,7 +134,11 @@ def test_nothing_is_lost_or_counted_twice_through_every_fault(tmp_path, capsys):
     scenario = load_scenario(DEFAULT_SCENARIO).model_copy(update={"site": "dc1", "duration_h": 6.0, "step_s": 300})
     # the day ends at least 30 minutes ago, so the host 10 minutes ahead stays within limits.max_future_s
     begin = start_ms(scenario, int(time.time() * 1000) - 30 * 60_000)
-    truth = ground_truth(scenario, begin)
+    gateway_settings = gateway_config(scenario, free_port(), broker=("127.0.0.1", broker.port))
+    gateway_settings["mqtt"].update(username="meter-gateway", password="secret-meter-gateway")
+    gateway_settings = GatewayConfig.model_validate(gateway_settings)
+    register_map = gateway_settings.meters[0].register_map()
+    truth = registered_truth(scenario, begin, register_map)
     sites = site_config(scenario)
     hall_a = next(room for room in sites["sites"][0]["rooms"] if room["id"] == "hall-a")
     hall_a["racks"] += [{"id": "agents", "hosts": ["h-real", "h-other"]}, {"id": "flood", "hosts": ["h-flood"]}]
@@ -143,12 +155,24 @@ def test_nothing_is_lost_or_counted_twice_through_every_fault(tmp_path, capsys):
     agent_toml = write_agent_config(tmp_path / "agent", broker.port, host="h-real", rack="agents", interval_s=0.2,
                                     publish_interval_s=0.4,
                                     mqtt_extra='username = "h-real"\npassword = "secret-h-real"')
-    simulated = [skewed(m) for m in messages(scenario, begin)]
-    chunks = [simulated[len(simulated) * k // 5:len(simulated) * (k + 1) // 5] for k in range(5)]
+    hosts_by_instant: dict[int, list[tuple[str, bytes]]] = {}
+    for message in host_messages(scenario, begin):
+        hosts_by_instant.setdefault(message.ts_ms, []).append(skewed(message))
+    instants = sorted(hosts_by_instant)
+    parts = [instants[len(instants) * k // 5:len(instants) * (k + 1) // 5] for k in range(5)]
+    chunks = [[m for t in part for m in hosts_by_instant[t]] for part in parts]
     simulator = credentials(broker.port, "simulator")
+    server = MeterServer(gateway_settings.meters[0].port, [m.unit_id for m in gateway_settings.meters], register_map)
+    gateway = LockstepGateway(gateway_settings, server, register_steps(scenario, begin, register_map))
     auditor = Recorder(credentials(broker.port, "auditor"), subscription(SAMPLES_CHANNEL), client_id="auditor")
     def send(payloads, who=simulator, client_id="simulator"):
         return publish_all(broker.port, payloads, who, client_id)
+
+    def send_part(k: int) -> None:
+        """The meters read over Modbus at each instant of part k, then the hosts' messages of those instants."""
+        for instant in parts[k]:
+            gateway.advance(instant)
+        send(chunks[k])
 
     def last_stats() -> dict:
         found = rows(db, "SELECT * FROM collector_stats ORDER BY time DESC LIMIT 1")
@@ -157,20 +181,20 @@ def test_nothing_is_lost_or_counted_twice_through_every_fault(tmp_path, capsys):
     collectors = [start_collector_process(collector_toml)]
     agents = [AgentProcess(agent_toml)]
     try:
-        send(chunks[0])
+        send_part(0)
         time.sleep(1.0)  # the agent has sent some samples
         broker.stop()  # 1. broker restart; the agent spools meanwhile and is SIGKILLed during the outage
         time.sleep(1.0)
         agents[0].kill()
         broker.start()
         agents.append(AgentProcess(agent_toml))
-        send(chunks[1])
+        send_part(1)
 
         influx.stop()  # 2. InfluxDB down while data keeps coming
-        send(chunks[2])
+        send_part(2)
         time.sleep(1.0)
 
-        publisher = threading.Thread(target=send, args=(chunks[3],))  # 3. collector SIGKILLed mid-stream
+        publisher = threading.Thread(target=send_part, args=(3,))  # 3. collector SIGKILLed mid-stream
         publisher.start()
         time.sleep(0.3)
         collectors[0].kill()
@@ -184,7 +208,8 @@ def test_nothing_is_lost_or_counted_twice_through_every_fault(tmp_path, capsys):
         send(bad, credentials(broker.port, "h-flood"), "h-flood")  # 5. a flood from one client
         intruding = [("dcem/v1/dc1/hall-a/agents/h-other/samples", p) for _, p in bad[-40:]]
         codes = send(intruding, credentials(broker.port, "h-real"), "intruder")  # 6. another host's topic
-        send(chunks[4])
+        send_part(4)
+        unsent_meter_samples = gateway.close()
         time.sleep(1.0)
         assert agents[1].stop() == 0
 
@@ -211,16 +236,14 @@ def test_nothing_is_lost_or_counted_twice_through_every_fault(tmp_path, capsys):
                 process.terminate()
         exit_codes = [process.wait(30) for process in collectors]
         auditor.client.disconnect()
+        server.close()
         broker.stop()
         influx.stop()
 
     assert counted, progress
     assert exit_codes == [-9, 0]  # killed once on purpose, then a clean stop: no crash
-    bins = {b["start_ms"]: b for b in truth["bins"]}
-    assert sorted(row["time"] for row in stored) == sorted(bins)
-    for row in stored:
-        for field in ("pue", "green_ratio", "e_facility_kwh", "cue_location", "cue_market"):
-            assert row[field] == pytest.approx(bins[row["time"]][field], rel=ROUNDING, abs=0), field
+    assert unsent_meter_samples == 0
+    assert_stored_bins_equal(stored, {b["start_ms"]: b for b in truth["bins"]})
     assert simulated_it[0]["sum"] == pytest.approx(truth["run"]["e_it_kwh"], rel=ROUNDING)
     assert agent_kwh == pytest.approx(agent_j / 3.6e6, rel=ROUNDING)
     agent_topic = "dcem/v1/dc1/hall-a/agents/h-real/samples"
@@ -237,7 +260,8 @@ def test_nothing_is_lost_or_counted_twice_through_every_fault(tmp_path, capsys):
     assert [getattr(code, "value", None) for code in codes] == [135] * len(intruding)  # not authorized
     assert not any("/h-other/" in m.topic for m in auditor.snapshot())
     figures = {
-        "simulated_messages": sum(len(c) for c in chunks), "duplicates_sent": len(duplicates),
+        "simulated_host_messages": sum(len(c) for c in chunks), "meters_read_over_modbus":
+            len(instants) * len(gateway_settings.meters), "duplicates_sent": len(duplicates),
         "agent_samples": sum(len(a.samples) for a in agents), "agent_samples_delivered":
             sum(len(s) for s in delivered.values()), "flood_messages": len(bad),
         "intruder_publishes_refused_by_broker": len(intruding), "delivered_to_collector_topics":

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 from collector.accounting import BIN_MS
@@ -179,10 +179,11 @@ def alert_message(event: AlertEvent, root: str) -> tuple[str, bytes]:
     return alert_topic(event.site, rule.id, event.subject, root), encode(message)
 
 
-def describe(events: Iterable[AlertEvent]) -> list[str]:
-    """One human line per event (logs and the demo's summary)."""
-    return [f"{e.state:8} {e.rule.severity.value:8} {e.site} {e.rule.id}{' ' + e.subject if e.subject else ''}: "
-            f"{e.rule.metric}{' ' + e.rule.period.value if e.rule.period else ''} = "
-            f"{'none' if e.value is None else f'{e.value:.4g}'} ({e.rule.comparison.value} "
-            f"{'' if e.rule.threshold is None else f'{e.rule.threshold:g}'}) [{e.rule.source.cite() if e.rule.source else ''}]"
-            for e in events]
+
+def log_fields(event: AlertEvent) -> dict[str, object]:
+    """The event as log fields (logfmt or JSON): what fired, for whom, on which value, and from which document."""
+    rule = event.rule
+    return {"rule": rule.id, "site": event.site, "subject": event.subject or None, "severity": rule.severity.value,
+            "metric": rule.metric, "period": rule.period.value if rule.period else None,
+            "value": None if event.value is None else round(event.value, 6), "comparison": rule.comparison.value,
+            "threshold": rule.threshold, "title": rule.title, "source": rule.source.cite() if rule.source else None}

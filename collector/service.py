@@ -21,7 +21,7 @@ from collections import Counter
 import paho.mqtt.client as paho
 
 from collector.accounting import BIN_MS
-from collector.alerting import Alerting, alert_line, alert_message, describe
+from collector.alerting import Alerting, alert_line, alert_message, log_fields
 from collector.book import EnergyBook
 from collector.config import CollectorConfig
 from collector.ingest import Ingest, Limits, Rejection
@@ -225,9 +225,10 @@ class Collector:
         if not events:
             return
         self.output.enqueue([alert_line(e) for e in events])
-        for alert, text in zip(events, describe(events)):
+        for alert in events:
             self.stats[f"alerts_{alert.state}"] += 1
-            event(log, logging.WARNING if alert.active else logging.INFO, f"alert-{alert.state}", alert=text)
+            fields = {key: value for key, value in log_fields(alert).items() if value is not None}
+            event(log, logging.WARNING if alert.active else logging.INFO, f"alert-{alert.state}", **fields)
             topic, payload = alert_message(alert, self.config.mqtt.topic_root)
             self.client.publish(topic, payload, qos=1, retain=True)
 

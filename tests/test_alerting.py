@@ -10,11 +10,11 @@ import pytest
 import yaml
 
 from collector.accounting import BIN_MS, Point
-from collector.alerting import GRACE_MS, Alerting, alert_line, alert_message
+from collector.alerting import GRACE_MS, Alerting, alert_line, alert_message, log_fields
 from collector.book import EnergyBook
 from collector.ingest import DeviceObservations
 from collector.report import Reporter, site_factors
-from collector.rules import Rule
+from collector.rules import Rule, Source
 from collector.site import SiteConfig, SiteIndex
 from tests.lineparse import parse
 
@@ -126,3 +126,16 @@ def test_event_as_an_influx_point_and_an_mqtt_message():
     assert topic == "dcem/v1/alerts/dc1/pue-high"
     body = json.loads(payload)
     assert (body["state"], body["threshold"], body["comparison"], body["site"]) == ("firing", 1.25, ">", "dc1")
+
+
+def test_an_event_as_log_fields_names_the_rule_the_value_and_the_source():
+    book = EnergyBook(INDEX)
+    feed(book, "dc1", T0 + 3_600_000)
+    rule = PUE_HIGH.model_copy(update={"hold_s": 0, "source": Source(document="Plan", year=2024, seed="001.txt",
+                                                                       clause="2(6)15")})
+    event = make({"dc1": (rule,)}, book).evaluate(T0, DeviceObservations())[0]
+    fields = log_fields(event)
+    assert {k: fields[k] for k in ("rule", "site", "subject", "severity", "period", "comparison", "threshold")} == {
+        "rule": "pue-high", "site": "dc1", "subject": None, "severity": "critical", "period": "15m",
+        "comparison": ">", "threshold": 1.25}
+    assert fields["value"] == 1.5 and fields["source"] == "Plan (2024); seeds/001.txt 2(6)15"

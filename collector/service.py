@@ -17,6 +17,7 @@ import select
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterable
 
 import paho.mqtt.client as paho
 
@@ -44,6 +45,7 @@ PRUNE_INTERVAL_S = 600.0
 DAY_MS = 86_400_000
 SITE_BINS_KEPT_MS = 400 * DAY_MS  # the trailing-12-month figure needs a year of site bins
 RECONNECT_MAX_S = 30.0
+_PUBACK_HEADER = bytes((paho.PUBACK, 2))
 RECEIVE_MAXIMUM = 65_535  # unacknowledged messages the broker may send: acks come only after each flush
 
 
@@ -68,6 +70,14 @@ class BufferedClient(paho.Client):
         start = self._read_at
         self._read_at = start + bufsize
         return self._read_ahead[start:self._read_at]
+
+    def ack_all(self, mids: Iterable[int]) -> paho.MQTTErrorCode:
+        """PUBACK these QoS 1 messages in one write instead of one send() each: a single entry in paho's output
+        queue holding every PUBACK (reason 0 and no properties: 4 bytes each, in MQTT 3.1.1 and 5 alike)."""
+        packet = b"".join(_PUBACK_HEADER + mid.to_bytes(2, "big") for mid in mids)
+        if not packet:
+            return paho.MQTT_ERR_SUCCESS
+        return self._packet_queue(paho.PUBACK, packet, 0, 0)
 
     def has_buffered_input(self) -> bool:
         return self._read_at < len(self._read_ahead)
@@ -206,9 +216,7 @@ class Collector:
         if not self.output.enqueue(lines):
             raise RuntimeError("the output spool did not take the batch; not acknowledging it")
         self.store.save(self.book.take_new_points(), changed, lines_written=not self.reporter.holding)
-        for _topic, _payload, mid, qos, _retained in batch:
-            if qos > 0:
-                self.client.ack(mid, qos)
+        self.client.ack_all(mid for _topic, _payload, mid, qos, _retained in batch if qos == 1)
         self.stats["messages"] += len(batch)
         self.stats["flushes"] += 1
 
@@ -312,13 +320,20 @@ class Collector:
         sock = self.client.socket()
         if sock is None:
             return False
-        wait = max(0.0, self.config.ingest.flush_interval_s - (time.monotonic() - batch_started)) if self.pending else 0.1
+        max_batch = self.config.ingest.max_batch
+        # messages already read ahead wait in the client's buffer, not in the socket: select() would not see them
+        buffered = self.client.has_buffered_input()
+        if buffered or len(self.pending) >= max_batch:
+            wait = 0.0
+        elif self.pending:
+            wait = max(0.0, self.config.ingest.flush_interval_s - (time.monotonic() - batch_started))
+        else:
+            wait = 0.1
         readable, _, _ = select.select([sock], [sock] if self.client.want_write() else [], [], wait)
-        if readable:
-            code = self.client.loop_read(self.config.ingest.max_batch)
-            while code == paho.MQTT_ERR_SUCCESS and self.client.has_buffered_input() \
-                    and len(self.pending) < self.config.ingest.max_batch:
-                code = self.client.loop_read(self.config.ingest.max_batch)
+        if (readable or buffered) and len(self.pending) < max_batch:
+            code = self.client.loop_read(max_batch)
+            while code == paho.MQTT_ERR_SUCCESS and self.client.has_buffered_input() and len(self.pending) < max_batch:
+                code = self.client.loop_read(max_batch)
             if code != paho.MQTT_ERR_SUCCESS:
                 return False
         if self.client.want_write() and self.client.loop_write() != paho.MQTT_ERR_SUCCESS:

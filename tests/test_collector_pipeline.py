@@ -137,3 +137,25 @@ def test_lines_held_while_behind_are_written_when_no_flush_comes(tmp_path, serve
     restarted = Collector(collector_config(tmp_path, broker, influx))
     assert not restarted.reporter.holding  # nothing comes back as unwritten
     restarted.store.close()
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_handled_messages_are_acknowledged_so_a_restart_receives_none_again(tmp_path, servers, protocol):
+    broker, influx, db = servers
+    config = collector_config(tmp_path, broker, influx, max_batch=7)
+    config = config.model_copy(update={"mqtt": config.mqtt.model_copy(update={"protocol": protocol})})
+    data = half_hour_of_site_data(int(time.time() * 1000) // HOUR_MS * HOUR_MS - 2 * HOUR_MS)
+    first = RunningCollector(config)
+    try:
+        publish_all(broker.port, data)
+        assert wait_for(lambda: first.collector.stats["messages"] == len(data)), (first.collector.stats, len(data))
+    finally:
+        first.close()
+    second = RunningCollector(config)  # the same persistent session: only unacknowledged messages would come
+    try:
+        publish_all(broker.port, data[:1])  # one more, so we know the session delivers
+        assert wait_for(lambda: second.collector.stats["messages"] >= 1)
+        time.sleep(0.5)
+    finally:
+        second.close()
+    assert second.collector.stats["messages"] == 1

@@ -52,6 +52,7 @@ class Alerting:
         self.evaluated_through: dict[str, int] = {}
         self.first_clock: dict[str, int] = {}
         self._gpu_seen: dict[tuple, int] = {}
+        self._saved_text: str | None = None
         self._load()
 
     def evaluate(self, now_ms: int, devices: DeviceObservations) -> list[AlertEvent]:
@@ -66,7 +67,7 @@ class Alerting:
             self.first_clock.setdefault(site, clock)
             events += self._site_metric_events(site, rules, latest, clock)
             events += self._device_events(site, rules, now_ms, clock, latest, devices)
-        self._save()
+        self._save_if_changed()
         return events
 
     def active(self) -> list[tuple[str, str, str]]:
@@ -80,10 +81,12 @@ class Alerting:
             return []
         watermark = max(min(latest.values()), clock - GRACE_MS)
         last_end = watermark - watermark % BIN_MS
-        first_bins = self.book.site_bin_starts(site, 0, last_end)
-        if not first_bins:
-            return []
-        start = self.evaluated_through.get(site, max(first_bins[0], last_end - MAX_CATCH_UP_MS))
+        start = self.evaluated_through.get(site)
+        if start is None:  # the first evaluation of the site: from its first bin, at most a day back
+            first_bins = self.book.site_bin_starts(site, last_end - MAX_CATCH_UP_MS, last_end)
+            if not first_bins:
+                return []
+            start = first_bins[0]
         timezone = self.index.site(site).timezone
         events = []
         for end in range(start + BIN_MS, last_end + 1, BIN_MS):
@@ -140,20 +143,25 @@ class Alerting:
     def _load(self) -> None:
         if self.state_path is None or not self.state_path.exists():
             return
-        saved = json.loads(self.state_path.read_text(encoding="utf-8"))
+        self._saved_text = self.state_path.read_text(encoding="utf-8")
+        saved = json.loads(self._saved_text)
         self.states = {(r, s, subj): restore(state, since) for r, s, subj, state, since in saved["states"]}
         self.evaluated_through = {k: int(v) for k, v in saved["evaluated_through"].items()}
         self.first_clock = {k: int(v) for k, v in saved["first_clock"].items()}
 
-    def _save(self) -> None:
+    def _save_if_changed(self) -> None:
+        """Write the states file when something in it changed (at most one write per evaluation round)."""
         if self.state_path is None:
             return
         saved = {"states": [[*key, s.state, s.since_ms] for key, s in self.states.items()],
                  "evaluated_through": self.evaluated_through, "first_clock": self.first_clock}
+        text = json.dumps(saved)
+        if text == self._saved_text:
+            return
         temporary = self.state_path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(saved), encoding="utf-8")
+        temporary.write_text(text, encoding="utf-8")
         os.replace(temporary, self.state_path)
-
+        self._saved_text = text
 
 def alert_line(event: AlertEvent) -> str:
     """The `alert` point of an event (docs/influx-schema.md)."""
@@ -162,8 +170,8 @@ def alert_line(event: AlertEvent) -> str:
     fields = {
         "state": event.state, "active": event.active, "value": event.value, "threshold": rule.threshold,
         "comparison": rule.comparison.value, "metric": rule.metric,
-        "period": rule.period.value if rule.period else None, "title": rule.title,
-        "source": rule.source.cite() if rule.source else None, "since_ms": event.since_ms,
+        "period": rule.period_label, "title": rule.title, "source": rule.citation or None,
+        "since_ms": event.since_ms,
     }
     return line("alert", tags, fields, event.t_ms)
 
@@ -173,17 +181,18 @@ def alert_message(event: AlertEvent, root: str) -> tuple[str, bytes]:
     rule = event.rule
     message = Alert(rule=rule.id, title=rule.title, site=event.site, subject=event.subject, state=event.state,
                     ts_ms=event.t_ms, since_ms=event.since_ms, metric=rule.metric,
-                    period=rule.period.value if rule.period else None, comparison=rule.comparison.value,
+                    period=rule.period_label, comparison=rule.comparison.value,
                     threshold=rule.threshold, value=event.value, severity=rule.severity.value,
-                    labels=dict(rule.labels), source=rule.source.cite() if rule.source else "")
+                    labels=dict(rule.labels), source=rule.citation)
     return alert_topic(event.site, rule.id, event.subject, root), encode(message)
 
 
 
 def log_fields(event: AlertEvent) -> dict[str, object]:
-    """The event as log fields (logfmt or JSON): what fired, for whom, on which value, and from which document."""
+    """The event as log fields (logfmt or JSON): what fired, for whom, on which value, and from which document;
+    None where the rule or event has no such value."""
     rule = event.rule
     return {"rule": rule.id, "site": event.site, "subject": event.subject or None, "severity": rule.severity.value,
-            "metric": rule.metric, "period": rule.period.value if rule.period else None,
+            "metric": rule.metric, "period": rule.period_label,
             "value": None if event.value is None else round(event.value, 6), "comparison": rule.comparison.value,
-            "threshold": rule.threshold, "title": rule.title, "source": rule.source.cite() if rule.source else None}
+            "threshold": rule.threshold, "title": rule.title, "source": rule.citation or None}

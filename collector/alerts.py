@@ -16,7 +16,7 @@ States: `ok`, `pending` (the condition holds, not yet for `hold_s`), `firing`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from collector.rules import Comparison, Rule
 
@@ -119,4 +119,4 @@ def restore(state: str, since_ms: int | None) -> AlertState:
     """A saved state back (the collector keeps states across restarts so that nothing fires twice)."""
     if state not in ("ok", "pending", "firing"):
         raise ValueError(f"unknown alert state {state!r}")
-    return replace(OK, state=state, since_ms=since_ms) if state != "ok" else OK
+    return AlertState(state, since_ms) if state != "ok" else OK

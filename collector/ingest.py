@@ -78,8 +78,7 @@ class Ingest:
     def handle(self, topic: str, payload: bytes, now_ms: int, retained: bool = False) -> Rejection | None:
         """Account one message; None when accepted, else why not.
 
-        A retained status is the broker replaying a device's last known state on (re)subscribe: it was
-        handled when it was first published, so it is skipped.
+        A retained status only updates whether its device is online (see _status).
         """
         try:
             known = self._sample_topics.get(topic)
@@ -88,15 +87,7 @@ class Ingest:
             else:
                 (identity, channel), device = parse_topic(topic, self.topic_root), None
             if channel == STATUS_CHANNEL:
-                if retained:
-                    self._note_retained_status(identity, payload)
-                    return None
-                self._known_site(identity)
-                status = decode_status(payload)
-                if status.ts_ms is not None:
-                    self._check_time(status.ts_ms, now_ms, "status")
-                self.devices.online[_key_of(identity)] = status.state == "online"
-                self.lines.append(_status_line(identity, status, now_ms))
+                self._status(identity, payload, now_ms, retained)
                 return None
             if channel != SAMPLES_CHANNEL:
                 raise ContractError("bad-topic", f"unknown channel {channel!r}")
@@ -116,13 +107,22 @@ class Ingest:
         self.outcomes["messages"] += 1
         return None
 
-    def _note_retained_status(self, identity: Identity, payload: bytes) -> None:
-        """A replayed status is not stored again, but tells whether the device is online now."""
+    def _status(self, identity: Identity, payload: bytes, now_ms: int, retained: bool) -> None:
+        """Store a status and note whether its device is online. A retained one is the broker replaying the
+        last known state at subscribe: it was checked, counted and stored when first published, so it only
+        updates the online state, and a bad one is ignored."""
         try:
             self._known_site(identity)
-            self.devices.online[_key_of(identity)] = decode_status(payload).state == "online"
+            status = decode_status(payload)
+            if status.ts_ms is not None and not retained:
+                self._check_time(status.ts_ms, now_ms, "status")
         except ContractError:
-            pass  # it was counted when first published
+            if retained:
+                return
+            raise
+        self.devices.online[_key_of(identity)] = status.state == "online"
+        if not retained:
+            self.lines.append(_status_line(identity, status, now_ms))
 
     def take_lines(self) -> list[str]:
         lines, self.lines = self.lines, []

@@ -138,6 +138,16 @@ class Rule(_Section):
         return self
 
     @property
+    def period_label(self) -> str | None:
+        """The period's tag value ('12m'), None for a device metric."""
+        return self.period.value if self.period else None
+
+    @property
+    def citation(self) -> str:
+        """Where the threshold comes from, in one line ('' until the profile's source is filled in)."""
+        return self.source.cite() if self.source else ""
+
+    @property
     def subject(self) -> str:
         """What one alert of this rule is about: 'site', 'device', 'meter' or 'gpu'."""
         return DEVICE_METRICS[self.metric][1] if self.metric in DEVICE_METRICS else "site"

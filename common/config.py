@@ -7,6 +7,7 @@ A bad value stops the program with ConfigError naming the field and where the va
 
 from __future__ import annotations
 
+import json
 import tomllib
 import types
 import typing
@@ -18,6 +19,29 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ValidationError
 
 Model = TypeVar("Model", bound=BaseModel)
+
+
+def toml_text(data: Mapping[str, Any]) -> str:
+    """A config mapping as TOML, for the files the product writes for its own programs: top-level keys, then
+    [tables], then [[arrays of tables]], one level deep. Values are strings, numbers, booleans, paths or lists
+    of these (a JSON string, number, boolean or array of them is a valid TOML value)."""
+    lines = [_toml_pair(key, value) for key, value in data.items() if not _is_tables(value)]
+    for name, value in data.items():
+        tables = [value] if isinstance(value, dict) else value if _is_tables(value) else []
+        for table in tables:
+            lines += ["", f"[{name}]" if isinstance(value, dict) else f"[[{name}]]",
+                      *(_toml_pair(key, item) for key, item in table.items())]
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def _is_tables(value: Any) -> bool:
+    """A table, or an array of tables."""
+    return isinstance(value, dict) or (isinstance(value, list) and bool(value) and isinstance(value[0], dict))
+
+
+def _toml_pair(key: str, value: Any) -> str:
+    plain = [str(v) if isinstance(v, Path) else v for v in value] if isinstance(value, list) else value
+    return f"{key} = {json.dumps(str(plain) if isinstance(plain, Path) else plain)}"
 
 
 class ConfigError(ValueError):

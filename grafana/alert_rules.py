@@ -85,9 +85,9 @@ def annotations(rule: Rule) -> dict[str, str]:
             f"Site {{{{ $labels.site }}}}{{{{ if $labels.subject }}}}, {{{{ $labels.subject }}}}{{{{ end }}}}: "
             f"{rule.metric}{period} {condition} (hold {rule.hold_s:g} s, hysteresis {rule.hysteresis:g}), as "
             f"evaluated by the dc-energy-monitor collector (measurement alert, rule {rule.id}). "
-            f"Source: {source.cite() if source else 'none'}. "
+            f"Source: {rule.citation or 'none'}. "
             f"Figure confirmed from the source: {'yes' if confirmed else 'NO'}."),
-        "source": source.cite() if source else "",
+        "source": rule.citation,
         "confirmed": "yes" if confirmed else "no",
     }
 

@@ -25,7 +25,6 @@ simulator/README.md, "Modbus mode".
 from __future__ import annotations
 
 import asyncio
-import json
 import struct
 import tempfile
 import threading
@@ -44,6 +43,7 @@ from agent.gateway.config import GatewayConfig, SpoolConfig
 from agent.gateway.registers import RegisterMap, RegisterSpec, decode_raw, encode_raw
 from agent.gateway.runner import GatewayRunner
 from collector.site import FACILITY_RACK, FACILITY_ROOM
+from common.config import toml_text
 from simulator.messages import Message, messages, meter_topic
 from simulator.model import meters
 from simulator.run import DEFAULT_MAX_INFLIGHT, publish
@@ -137,18 +137,9 @@ def write_gateway_config(path: Path, config: dict) -> Path:
     """Write a gateway config mapping (gateway_config) as TOML; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    lines = ["# dcem-meter-gateway config for the simulator's Modbus meters (written by dcem-simulator)."]
-    for section in ("identity", "mqtt", "polling", "spool"):
-        lines += ["", f"[{section}]", *_toml_pairs(config[section])]
-    for meter in config["meters"]:
-        lines += ["", "[[meters]]", *_toml_pairs(meter)]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    header = "# dcem-meter-gateway config for the simulator's Modbus meters (written by dcem-simulator).\n\n"
+    path.write_text(header + toml_text(config), encoding="utf-8")
     return path
-
-
-def _toml_pairs(table: dict) -> list[str]:
-    """key = value lines; a JSON string or number is a valid TOML value."""
-    return [f"{key} = {json.dumps(value)}" for key, value in table.items()]
 
 
 class MeterServer:

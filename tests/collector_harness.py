@@ -3,7 +3,6 @@ InfluxQL read-back."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import threading
@@ -13,6 +12,7 @@ from pathlib import Path
 from collector.config import CollectorConfig
 from collector.service import Collector
 from collector.writers import InfluxV1Writer
+from common.config import toml_text
 from common.mqtt import MqttConfig, make_client
 from tests.site_stream import write_site_config
 
@@ -77,14 +77,8 @@ def wait_for(predicate, timeout_s: float = 20.0):
 
 
 def write_toml(path: Path, sections: dict[str, object]) -> Path:
-    """A TOML file from {key: value, section: {key: value}} with string, number, bool or string-list values."""
-    top = [f"{key} = {json.dumps(str(value) if isinstance(value, Path) else value)}"
-           for key, value in sections.items() if not isinstance(value, dict)]
-    for name, values in sections.items():
-        if isinstance(values, dict):
-            top += [f"[{name}]"] + [f"{key} = {json.dumps(str(v) if isinstance(v, Path) else v)}"
-                                    for key, v in values.items()]
-    path.write_text("\n".join(top) + "\n")
+    """A TOML config file from {key: value, section: {key: value}}."""
+    path.write_text(toml_text(sections))
     return path
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from agent.config import ENV_PREFIX, AgentConfig
-from common.config import ConfigError, env_overrides, leaf_paths, load, set_path
+from common.config import ConfigError, env_overrides, leaf_paths, load, set_path, toml_text
 
 REPO = Path(__file__).resolve().parent.parent
 PASSWORD = "hunter2-Sup3rSecret"
@@ -233,3 +234,12 @@ def test_section_level_errors_never_echo_secrets():
         load(InfluxConfig, None, "DCEM_TEST", {}, {"api": "v1", "url": "http://127.0.0.1:8086", "token": "tok-SECRET",
                                                    "database": "d", "password": "pw-SECRET"})
     assert "SECRET" not in str(caught.value)
+
+
+def test_toml_text_reads_back_as_the_same_mapping():
+    data = {"site_config": Path("/etc/dcem/site.yaml"), "flag": True,
+            "mqtt": {"host": "127.0.0.1", "port": 1883, "password": 'a "quoted" \\ secret'},
+            "ingest": {"sites": ["dc1", "dc2"], "flush_interval_s": 0.05},
+            "meters": [{"id": "utility-1", "unit_id": 1}, {"id": "pv-1", "unit_id": 2}]}
+    expected = {**data, "site_config": "/etc/dcem/site.yaml"}
+    assert tomllib.loads(toml_text(data)) == expected

@@ -160,6 +160,21 @@ class StreamState:
             del kept[0]
         return contributions
 
+    def held(self) -> int:
+        """How many points are kept, the earliest ones included."""
+        return sum(map(len, self.sessions.values())) + len(self.earliest)
+
+    def holds(self, session: str, seq: int) -> bool:
+        """Whether this point of the session is still kept (among the newest, or as the earliest)."""
+        earliest = self.earliest.get(session)
+        if earliest is not None and earliest.seq == seq:
+            return True
+        kept = self.sessions.get(session)
+        if not kept or not kept[0].seq <= seq <= kept[-1].seq:
+            return False
+        index = bisect.bisect_left(kept, seq, key=lambda p: p.seq)
+        return kept[index].seq == seq
+
     def forget_sessions_before(self, ts_ms: int) -> int:
         """Drop sessions whose newest point is older than ts_ms (the sender has moved on). Returns how many."""
         stale = [s for s, kept in self.sessions.items() if kept[-1].ts_ms < ts_ms]

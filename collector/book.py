@@ -102,6 +102,15 @@ class EnergyBook:
             later = earliest
         return earlier, later
 
+    def holds(self, stream: tuple, session: str, seq: int) -> bool:
+        """Whether the book still holds this point (the state store keeps exactly those, see collector/state.py)."""
+        state = self.streams.get(stream)
+        return state is not None and state.holds(session, seq)
+
+    def held_points(self) -> int:
+        """How many points the book holds, over every stream (walks them all)."""
+        return sum(state.held() for state in self.streams.values())
+
     def overlapping_session(self, stream: tuple, session: str, ts_ms: int) -> str | None:
         """Another session of the same stream whose known span contains ts_ms: two senders claiming one
         device (a cloned agent), whose energies must not both be counted."""

@@ -215,7 +215,8 @@ class Collector:
             changed, time.monotonic(), self.config.report.metrics_interval_s if behind else 0.0)
         if not self.output.enqueue(lines):
             raise RuntimeError("the output spool did not take the batch; not acknowledging it")
-        self.store.save(self.book.take_new_points(), changed, lines_written=not self.reporter.holding)
+        self.store.save(self.book.take_new_points(), changed, lines_written=not self.reporter.holding,
+                        book=self.book)
         self.client.ack_all(mid for _topic, _payload, mid, qos, _retained in batch if qos == 1)
         self.stats["messages"] += len(batch)
         self.stats["flushes"] += 1
@@ -250,10 +251,11 @@ class Collector:
     def prune(self, now_ms: int) -> None:
         """Forget, in memory and on disk, what no message the collector still accepts can change."""
         oldest_accepted = now_ms - int(self.config.limits.max_age_s * 1000)
-        cutoffs = (oldest_accepted - DAY_MS, oldest_accepted - DAY_MS, now_ms - SITE_BINS_KEPT_MS)
-        dropped = self.book.forget(*cutoffs)
-        self.reporter.forget_before(min(cutoffs))
-        deleted = self.store.prune(self.config.state.keep_points, *cutoffs)
+        sessions_before = rack_bins_before = oldest_accepted - DAY_MS
+        site_bins_before = now_ms - SITE_BINS_KEPT_MS
+        dropped = self.book.forget(sessions_before, rack_bins_before, site_bins_before)
+        self.reporter.forget_before(min(rack_bins_before, site_bins_before))
+        deleted = self.store.prune(rack_bins_before, site_bins_before)
         event(log, logging.DEBUG, "state-pruned", memory_entries=dropped, rows=deleted)
 
     def shutdown(self) -> None:

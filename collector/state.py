@@ -1,9 +1,19 @@
-"""The collector's durable state in SQLite: recent points of every stream, and every accumulator.
+"""The collector's durable state in SQLite: the points the book holds for every stream, and every accumulator.
 
 Saved in one transaction per flush, before the flushed MQTT messages are acknowledged, so a collector
 killed at any moment restarts from state that matches what the broker will redeliver: a message whose
 points were saved is recognised as a duplicate, one whose points were not is accounted afresh.
-Points are pruned to the earliest and the newest `keep` of each session, which is what the book keeps.
+
+Points go to an append-only log (`point_log`, in arrival order): a flush appends its new points at the end of the
+table, a few pages, instead of inserting them all over a table keyed by stream. The log is compacted as it grows,
+a bounded slice per save: once it holds more than twice the points the book holds (and at least
+`COMPACT_MIN_ROWS`), a pass walks the rows that existed when it began, oldest first, `COMPACT_PER_APPENDED` rows
+per new point (at least `COMPACT_MIN_SLICE`); a row whose point the book still holds (`EnergyBook.holds`: each
+session's earliest and newest `keep` points, sessions not yet forgotten) is appended again, and the walked rows
+are deleted. So the log holds the book's points plus at most about twice as many dropped ones, and `load_into`
+restores the book's points, in seq order per session. Rows reach the head of the log long after they arrived
+(a site publishing every 10 s with `keep` = 16 drops a point 160 s after it arrived), so a pass appends again
+little more than each session's earliest point and the points of devices that went quiet.
 
 Accumulators whose rack_energy / meter_energy line is not in the output spool yet (the reporter holds lines back
 while more messages wait, see Reporter.accumulator_lines) are saved as such: while lines are held back, saved
@@ -23,9 +33,8 @@ from collector.book import Accumulator, AccumulatorKey, EnergyBook
 
 _SEP = "\x1f"
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS points (
-    stream TEXT NOT NULL, session TEXT NOT NULL, seq INTEGER NOT NULL, ts_ms INTEGER NOT NULL, energy_j REAL NOT NULL,
-    PRIMARY KEY (stream, session, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS point_log (
+    stream TEXT NOT NULL, session TEXT NOT NULL, seq INTEGER NOT NULL, ts_ms INTEGER NOT NULL, energy_j REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS accumulators (
     scope TEXT NOT NULL, bin_ms INTEGER NOT NULL,
     energy_j REAL, covered_ms REAL, cpu_w REAL, cpu_n REAL, gpu_w REAL, gpu_n REAL,
@@ -34,10 +43,15 @@ CREATE TABLE IF NOT EXISTS accumulators (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 """
 _ACCUMULATOR_COLUMNS = "scope, bin_ms, energy_j, covered_ms, cpu_w, cpu_n, gpu_w, gpu_n"
-# Each flush rewrites pages all over the points table (its keys are not in time order); a larger WAL between
-# checkpoints (pages of 4 KiB, up to ~80 MiB) lets a page changed by several flushes be copied back once.
+_POINT_COLUMNS = "stream, session, seq, ts_ms, energy_j"
+# Accumulators of one bin change in many flushes; a larger WAL between checkpoints (pages of 4 KiB, up to
+# ~80 MiB) lets a page changed by several flushes be copied back once.
 _WAL_AUTOCHECKPOINT_PAGES = 20_000
 _ENCODED_MAX = 1_000_000
+COMPACT_MIN_ROWS = 100_000
+COMPACT_PER_APPENDED = 2
+COMPACT_MIN_SLICE = 1_000
+
 
 
 class StateStore:
@@ -56,20 +70,29 @@ class StateStore:
         self._holding = self._db.execute("SELECT 1 FROM accumulators WHERE line_epoch > ? LIMIT 1",
                                          (self._written_epoch,)).fetchone() is not None
         self._encoded: dict[tuple, str] = {}
+        self._decoded: dict[str, tuple] = {}
+        if self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'points'").fetchone():
+            self._db.executescript(f"""BEGIN; INSERT INTO point_log SELECT {_POINT_COLUMNS} FROM points;
+                                       DROP TABLE points; COMMIT;""")  # a state.db from before the log
+        self._pass_end = 0  # the last row of the compaction pass under way; 0 between passes
+        self._next_check_rows = COMPACT_MIN_ROWS  # log size at which to count the book's points again
 
     def save(self, points: list[tuple[tuple, Point]], accumulators: dict[AccumulatorKey, Accumulator],
-             lines_written: bool = True) -> None:
+             lines_written: bool = True, book: EnergyBook | None = None) -> None:
         """Store new points and the current value of changed accumulators, atomically. lines_written: every
         accumulator changed so far, these included, has its line in the output spool; False while the reporter
-        holds some back (they are then restored as unwritten)."""
+        holds some back (they are then restored as unwritten). book: the one saved, to compact the point log
+        against it in the same transaction (see the module's docstring); no compaction without it."""
         encode = self._encode
-        point_rows = sorted([(encode(stream), p.session, p.seq, p.ts_ms, p.energy_j) for stream, p in points])
+        point_rows = [(encode(stream), p.session, p.seq, p.ts_ms, p.energy_j) for stream, p in points]
         epoch = self._written_epoch + (1 if self._holding or not lines_written else 0)
         accumulator_rows = sorted([(encode(key[:-1]), key[-1], *acc.as_row(), epoch)
                                    for key, acc in accumulators.items()])
         self._db.execute("BEGIN")
         try:
-            self._db.executemany("INSERT OR IGNORE INTO points VALUES (?, ?, ?, ?, ?)", point_rows)
+            self._db.executemany(f"INSERT INTO point_log ({_POINT_COLUMNS}) VALUES (?, ?, ?, ?, ?)", point_rows)
+            if book is not None:
+                self._compact(book, max(COMPACT_MIN_SLICE, COMPACT_PER_APPENDED * len(point_rows)))
             self._db.executemany(f"INSERT OR REPLACE INTO accumulators ({_ACCUMULATOR_COLUMNS}, line_epoch) "
                                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", accumulator_rows)
             if lines_written and epoch != self._written_epoch:
@@ -87,7 +110,7 @@ class StateStore:
         while their lines were held back are restored as unwritten (`EnergyBook.unwritten`)."""
         points = 0
         for stream, session, seq, ts_ms, energy_j in self._db.execute(
-                "SELECT stream, session, seq, ts_ms, energy_j FROM points ORDER BY stream, session, seq"):
+                f"SELECT {_POINT_COLUMNS} FROM point_log ORDER BY stream, session, seq"):
             book.restore_point(_decode(stream), Point(session, seq, ts_ms, energy_j))
             points += 1
         accumulators = 0
@@ -98,26 +121,57 @@ class StateStore:
             accumulators += 1
         return points, accumulators
 
-    def prune(self, keep: int, sessions_older_than_ms: int, rack_bins_before_ms: int, site_bins_before_ms: int) -> int:
-        """Keep each session's earliest and newest `keep` points; drop sessions silent since the cut-off and
-        accumulators older than theirs (as EnergyBook.forget does in memory). Returns rows deleted."""
+    def prune(self, rack_bins_before_ms: int, site_bins_before_ms: int) -> int:
+        """Drop accumulators older than these cut-offs (as EnergyBook.forget does in memory). Returns rows deleted.
+        Points need no pruning: compaction drops those the book has forgotten."""
         before = self._db.total_changes
         self._db.execute(f"DELETE FROM accumulators WHERE scope LIKE 'rack{_SEP}%' AND bin_ms < ?", (rack_bins_before_ms,))
         self._db.execute(f"DELETE FROM accumulators WHERE scope NOT LIKE 'rack{_SEP}%' AND bin_ms < ?",
                          (site_bins_before_ms,))
-        self._db.execute("""
-            DELETE FROM points WHERE (stream, session, seq) IN (
-                SELECT stream, session, seq FROM (
-                    SELECT stream, session, seq,
-                           ROW_NUMBER() OVER (PARTITION BY stream, session ORDER BY seq DESC) AS newest,
-                           ROW_NUMBER() OVER (PARTITION BY stream, session ORDER BY seq) AS oldest
-                    FROM points)
-                WHERE newest > ? AND oldest > 1)""", (keep,))
-        self._db.execute("""
-            DELETE FROM points WHERE (stream, session) IN (
-                SELECT stream, session FROM points GROUP BY stream, session HAVING MAX(ts_ms) < ?)""",
-                         (sessions_older_than_ms,))
         return self._db.total_changes - before
+
+    def compact(self, book: EnergyBook) -> None:
+        """Compact the whole point log now: afterwards it holds exactly the points the book holds."""
+        self._pass_end = self._db.execute("SELECT COALESCE(MAX(rowid), 0) FROM point_log").fetchone()[0]
+        self._db.execute("BEGIN")
+        try:
+            self._compact(book, None)
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _compact(self, book: EnergyBook, limit: int | None) -> None:
+        """One slice of a compaction pass (all of it when limit is None), inside the caller's transaction."""
+        if not self._pass_end and not self._start_pass(book):
+            return
+        rows = self._db.execute(f"SELECT rowid, {_POINT_COLUMNS} FROM point_log WHERE rowid <= ? ORDER BY rowid"
+                                + ("" if limit is None else " LIMIT ?"),
+                                (self._pass_end,) if limit is None else (self._pass_end, limit)).fetchall()
+        if not rows:
+            self._pass_end = 0
+            return
+        decode, holds = self._decode, book.holds
+        kept = [row[1:] for row in rows if holds(decode(row[1]), row[2], row[3])]
+        self._db.execute("DELETE FROM point_log WHERE rowid <= ?", (rows[-1][0],))
+        self._db.executemany(f"INSERT INTO point_log ({_POINT_COLUMNS}) VALUES (?, ?, ?, ?, ?)", kept)
+        if rows[-1][0] >= self._pass_end:
+            self._pass_end = 0
+
+    def _start_pass(self, book: EnergyBook) -> bool:
+        """Start a pass when more than half the log is points the book dropped. The book's points are counted
+        only when the log has doubled since they last were (a count walks every stream)."""
+        first, last = self._db.execute(  # one MIN or MAX per SELECT: SQLite reads it off the b-tree, no scan
+            "SELECT (SELECT MIN(rowid) FROM point_log), (SELECT MAX(rowid) FROM point_log)").fetchone()
+        rows = 0 if first is None else last - first + 1  # compaction deletes only from the head: no holes
+        if rows < self._next_check_rows:
+            return False
+        held = book.held_points()
+        self._next_check_rows = max(COMPACT_MIN_ROWS, 2 * held)
+        if rows < self._next_check_rows:
+            return False
+        self._pass_end = last
+        return True
 
     def close(self) -> None:
         self._db.close()
@@ -134,6 +188,15 @@ class StateStore:
                 self._encoded.clear()
             text = self._encoded[key] = _encode(key)
         return text
+
+    def _decode(self, text: str) -> tuple:
+        """A stored stream key as the book's tuple, made once per key."""
+        key = self._decoded.get(text)
+        if key is None:
+            if len(self._decoded) >= _ENCODED_MAX:
+                self._decoded.clear()
+            key = self._decoded[text] = _decode(text)
+        return key
 
 
 def _encode(key: tuple) -> str:

@@ -16,6 +16,7 @@ import yaml
 from collector.accounting import BIN_MS, Point
 from collector.book import EnergyBook, Utilisation
 from collector.site import SiteConfig, SiteIndex
+from collector import state
 from collector.state import StateStore
 from tests.site_stream import SITE_YAML
 
@@ -157,14 +158,14 @@ def saved_points(path) -> dict[tuple[str, str], list[int]]:
     db = sqlite3.connect(path)
     try:
         found: dict[tuple[str, str], list[int]] = {}
-        for stream, session, seq in db.execute("SELECT stream, session, seq FROM points ORDER BY stream, session, seq"):
+        for stream, session, seq in db.execute("SELECT stream, session, seq FROM point_log ORDER BY stream, session, seq"):
             found.setdefault((stream.split("\x1f")[-1], session), []).append(seq)
         return found
     finally:
         db.close()
 
 
-def test_prune_keeps_each_session_s_earliest_and_newest_points_and_drops_silent_sessions(tmp_path):
+def test_compaction_keeps_each_session_s_earliest_and_newest_points_and_drops_forgotten_sessions(tmp_path):
     path = tmp_path / "state.db"
     store = StateStore(path)
     book = EnergyBook(INDEX, keep_points=3)
@@ -175,14 +176,17 @@ def test_prune_keeps_each_session_s_earliest_and_newest_points_and_drops_silent_
     for seq in range(2):  # h01, an older session of the same stream, silent since T-1 day - 1 ms
         book.add_host_point(H01, Point("s-h01-old", seq, T - 86_400_000 - 1 - (1 - seq) * MIN, seq * 1.0), None)
     flush(book, store)
+    assert sum(len(seqs) for seqs in saved_points(path).values()) == 17  # the log holds every saved point
     accumulators_before = len(book.accumulators)
-    # keep 3: s-h01-a loses seqs 1..6 (6 rows); the two old sessions (5 + 2 rows) are dropped: 13 in all
-    assert store.prune(keep=3, sessions_older_than_ms=T - 86_400_000, rack_bins_before_ms=0, site_bins_before_ms=0) == 13
+    assert book.forget(sessions_before_ms=T - 86_400_000, rack_bins_before_ms=0, site_bins_before_ms=0) == 2
+    store.compact(book)
     store.close()
+    # keep 3: s-h01-a keeps its earliest and seqs 7..9; the two forgotten sessions are gone
     assert saved_points(path) == {("h01", "s-h01-a"): [0, 7, 8, 9]}
     again, (points, accumulators) = restored(path, keep=3)
-    assert (points, accumulators) == (4, accumulators_before)  # accumulators are never pruned
+    assert (points, accumulators) == (4, accumulators_before)  # accumulators are not compacted
     assert rows(again) == rows(book)
+    assert stream_states(again) == stream_states(book)
 
 
 def test_a_session_newer_than_the_cut_off_is_kept_whole_up_to_keep(tmp_path):
@@ -193,10 +197,45 @@ def test_a_session_newer_than_the_cut_off_is_kept_whole_up_to_keep(tmp_path):
         book.add_host_point(H01, h01_point(seq), None)
     flush(book, store)
     # the session's newest point is at T+6 min: exactly at the cut-off is not older than it
-    assert store.prune(keep=3, sessions_older_than_ms=T + 6 * MIN, rack_bins_before_ms=0, site_bins_before_ms=0) == 0
-    assert store.prune(keep=3, sessions_older_than_ms=T + 6 * MIN + 1, rack_bins_before_ms=0, site_bins_before_ms=0) == 4
+    assert book.forget(sessions_before_ms=T + 6 * MIN, rack_bins_before_ms=0, site_bins_before_ms=0) == 0
+    store.compact(book)
+    assert saved_points(path) == {("h01", "s-h01-a"): [0, 1, 2, 3]}
+    assert book.forget(sessions_before_ms=T + 6 * MIN + 1, rack_bins_before_ms=0, site_bins_before_ms=0) == 1
+    store.compact(book)
     store.close()
     assert saved_points(path) == {}
+
+
+def test_the_point_log_stays_bounded_and_restores_the_book_after_every_flush(tmp_path, monkeypatch):
+    """What the service does: every save compacts a slice. Small thresholds make passes start and end often."""
+    monkeypatch.setattr(state, "COMPACT_MIN_ROWS", 20)
+    monkeypatch.setattr(state, "COMPACT_MIN_SLICE", 4)
+    path = tmp_path / "state.db"
+    store = StateStore(path)
+    book = EnergyBook(INDEX, keep_points=3)
+    log_sizes = []
+    for step in range(60):
+        seqs = [step * 3, step * 3 + 1, step * 3 + 2]
+        for seq in seqs:
+            book.add_host_point(H01, h01_point(seq), None)
+            book.add_meter_point(UTILITY, Point("s-utility-a", seq, T + seq * MIN, seq * 54_000.0))
+        if step % 7 == 3:  # an agent restart: a new session of h02
+            book.add_host_point(H02, Point(f"s-h02-{step}", 0, T + step * 3 * MIN, 0.0), None)
+        if step % 5 == 4:  # a late point between kept ones, and a resent one
+            book.add_host_point(H01, h01_point(seqs[-1] - 4), None)
+            book.add_host_point(H01, h01_point(seqs[-1]), None)
+        store.save(book.take_new_points(), book.take_dirty(), book=book)
+        log_sizes.append(sum(len(seqs) for seqs in saved_points(path).values()))
+        again, _ = restored(path, keep=3)
+        assert stream_states(again) == stream_states(book), step
+        assert rows(again) == rows(book), step
+    held = book.held_points()
+    assert held == sum(len(kept) + (session in s.earliest) for s in book.streams.values()
+                       for session, kept in s.sessions.items())
+    # a pass starts past twice the held points, and new rows arrive at most half as fast as it walks
+    assert max(log_sizes) <= 3 * max(20, held)
+    assert log_sizes[-1] < 60 * 6  # compaction did drop rows
+    store.close()
 
 
 def test_a_book_restored_after_pruning_keeps_what_the_original_kept(tmp_path):
@@ -209,7 +248,7 @@ def test_a_book_restored_after_pruning_keeps_what_the_original_kept(tmp_path):
     book.add_host_point(H01, h01_point(0), None)  # older than the earliest: counted, becomes the earliest
     book.add_host_point(H01, h01_point(1), None)  # then among dropped points: ignored, not saved
     flush(book, store)
-    store.prune(keep=3, sessions_older_than_ms=0, rack_bins_before_ms=0, site_bins_before_ms=0)
+    store.compact(book)
     store.close()
     assert saved_points(path) == {("h01", "s-h01-a"): [0, 7, 8, 9]}
     again, _ = restored(path, keep=3)
@@ -269,7 +308,7 @@ def test_forgetting_old_bins_in_memory_and_on_disk_agree(tmp_path):
     book = busy_book(store)
     cutoff = T + BIN_MS  # drop every bin before the second one
     book.forget(sessions_before_ms=0, rack_bins_before_ms=cutoff, site_bins_before_ms=cutoff)
-    store.prune(keep=KEEP, sessions_older_than_ms=0, rack_bins_before_ms=cutoff, site_bins_before_ms=cutoff)
+    store.prune(rack_bins_before_ms=cutoff, site_bins_before_ms=cutoff)
     store.close()
     assert all(key[-1] >= cutoff for key in book.accumulators)
     assert book.site_bin_starts("dc1", 0, 2**62) == sorted({k[-1] for k in book.accumulators if k[0] != "rack"})
@@ -330,7 +369,7 @@ def test_lines_held_when_the_collector_died_are_written_by_the_restarted_one(tmp
     assert lines[1][2]["energy_kwh"] == pytest.approx(120_000 / 3.6e6)  # h01 up to seq 2: 4 min at 500 W
 
 
-def test_a_state_from_before_line_epochs_loads_with_every_line_written(tmp_path):
+def test_a_state_from_before_line_epochs_and_the_point_log_loads_whole(tmp_path):
     path = tmp_path / "state.db"
     db = sqlite3.connect(path)
     db.executescript("""
@@ -340,8 +379,11 @@ def test_a_state_from_before_line_epochs_loads_with_every_line_written(tmp_path)
             cpu_w REAL, cpu_n REAL, gpu_w REAL, gpu_n REAL, PRIMARY KEY (scope, bin_ms)) WITHOUT ROWID;""")
     db.execute("INSERT INTO accumulators VALUES (?, ?, 1.0, 2.0, 3.0, 4.0, 0.0, 0.0)",
                ("rack\x1fdc1\x1fhall-a\x1fr01", T))
+    db.execute("INSERT INTO points VALUES (?, 's-h01-a', 0, ?, 0.0)", ("host\x1fdc1\x1fhall-a\x1fr01\x1fh01", T))
     db.commit()
     db.close()
-    book, (_, accumulators) = restored(path)
-    assert accumulators == 1 and book.unwritten == set()
+    book, (points, accumulators) = restored(path)
+    assert (points, accumulators) == (1, 1) and book.unwritten == set()
+    assert book.holds(H01_STREAM, "s-h01-a", 0)
+    assert saved_points(path) == {("h01", "s-h01-a"): [0]}
     assert book.accumulators[("rack", "dc1", "hall-a", "r01", T)].as_row() == (1.0, 2.0, 3.0, 4.0, 0.0, 0.0)

@@ -22,12 +22,15 @@ import bisect
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 BIN_MS = 15 * 60 * 1000
 
 
-@dataclass(frozen=True, order=True)
-class Point:
+class Point(NamedTuple):
+    """One counter reading of a stream. A tuple of plain values, so the garbage collector stops tracking it:
+    the collector holds millions of them."""
+
     session: str
     seq: int
     ts_ms: int

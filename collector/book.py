@@ -23,7 +23,7 @@ J_PER_KWH = 3.6e6
 AccumulatorKey = tuple
 
 
-@dataclass
+@dataclass(slots=True)
 class Accumulator:
     energy_j: float = 0.0
     covered_ms: float = 0.0
@@ -61,17 +61,15 @@ class EnergyBook:
 
     def add_host_point(self, host: HostInfo, point: Point, utilisation: Utilisation | None) -> str:
         """Account one host server-input point. Returns 'new', 'duplicate' or 'refinement-ignored'."""
-        outcome = self._account(
-            ("host", host.site, host.room, host.rack, host.device), point,
-            lambda start: (("rack", host.site, host.room, host.rack, start), ("hosts", host.site, start)))
+        scopes = (("rack", host.site, host.room, host.rack), ("hosts", host.site))
+        outcome = self._account(host.stream, point, scopes)
         if outcome == "new" and utilisation is not None:
-            self._add_utilisation(host, point.ts_ms, utilisation)
+            self._add_utilisation(scopes, point.ts_ms, utilisation)
         return outcome
 
     def add_meter_point(self, meter: MeterInfo, point: Point) -> str:
         """Account one meter point. Returns 'new', 'duplicate' or 'refinement-ignored'."""
-        return self._account(("meter", meter.site, meter.device), point,
-                             lambda start: (("meter", meter.site, meter.device, start),))
+        return self._account(meter.stream, point, (("meter", meter.site, meter.device),))
 
     def restore_point(self, stream: tuple, point: Point) -> None:
         """Put back a point saved earlier, without contributing again (its contributions are saved too)."""
@@ -189,38 +187,40 @@ class EnergyBook:
             state = self.streams[stream] = StreamState(keep=self.keep_points)
         return state
 
-    def _account(self, stream: tuple, point: Point, keys_for) -> str:
-        state = self._stream(stream)
+    def _account(self, stream: tuple, point: Point, scopes: tuple[tuple, ...]) -> str:
+        """Apply a point's contributions to the accumulators (scope + (bin start,)) of each scope."""
+        state = self.streams.get(stream) or self._stream(stream)
         contributions = state.add(point)
         if contributions is None:
             return "duplicate"
         if not contributions and point not in state.sessions[point.session]:
             return "refinement-ignored"
         self.new_points.append((stream, point))
+        accumulators, dirty = self.accumulators, self.dirty
         for start, joules, covered in contributions:
-            for key in keys_for(start):
-                self._add(key, joules, covered)
+            for scope in scopes:
+                key = (*scope, start)
+                acc = accumulators.get(key) or self._accumulator(key)
+                acc.energy_j += joules
+                acc.covered_ms += covered
+                dirty.add(key)
         return "new"
 
-    def _add(self, key: AccumulatorKey, joules: float, covered_ms: float) -> None:
-        acc = self._accumulator(key)
-        acc.energy_j += joules
-        acc.covered_ms += covered_ms
-        self.dirty.add(key)
-
-    def _add_utilisation(self, host: HostInfo, ts_ms: int, utilisation: Utilisation) -> None:
+    def _add_utilisation(self, scopes: tuple[tuple, ...], ts_ms: int, utilisation: Utilisation) -> None:
         """A sample describes the interval that ends at ts_ms, so one at a bin boundary belongs to the bin before."""
         start = (ts_ms - 1) - (ts_ms - 1) % BIN_MS
-        for key in (("rack", host.site, host.room, host.rack, start), ("hosts", host.site, start)):
-            acc = self._accumulator(key)
-            if utilisation.cpu is not None:
-                acc.cpu_util_weighted += utilisation.cpu * utilisation.seconds
-                acc.cpu_util_weight += utilisation.seconds
-            if utilisation.gpu is not None:
-                acc.gpu_util_weighted += utilisation.gpu * utilisation.seconds
-                acc.gpu_util_weight += utilisation.seconds
-            self.dirty.add(key)
-
+        cpu, gpu, seconds = utilisation.cpu, utilisation.gpu, utilisation.seconds
+        accumulators, dirty = self.accumulators, self.dirty
+        for scope in scopes:
+            key = (*scope, start)
+            acc = accumulators.get(key) or self._accumulator(key)
+            if cpu is not None:
+                acc.cpu_util_weighted += cpu * seconds
+                acc.cpu_util_weight += seconds
+            if gpu is not None:
+                acc.gpu_util_weighted += gpu * seconds
+                acc.gpu_util_weight += seconds
+            dirty.add(key)
 
     def _accumulator(self, key: AccumulatorKey) -> Accumulator:
         acc = self.accumulators.get(key)

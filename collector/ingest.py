@@ -158,7 +158,7 @@ class Ingest:
                ) -> list[tuple[Reading, Point]]:
         """Refuse the batch if any sample is impossible on its own or against the session's known points.
         Returns each sample's energy reading and point, in the batch's order. Samples are checked in seq order."""
-        stream = _stream_of(device)
+        stream = device.stream
         limit = self.limits.max_meter_w if isinstance(device, MeterInfo) else self.limits.max_host_reading_w
         latest, oldest = now_ms + self.limits.max_future_s * 1000, now_ms - self.limits.max_age_s * 1000
         session, samples, book = batch.session, batch.samples, self.book
@@ -198,17 +198,18 @@ class Ingest:
 
     def _accept_host(self, batch: SampleBatch, host: HostInfo, checked: list[tuple[Reading, Point]]) -> None:
         for sample, (server, point) in zip(batch.samples, checked):
-            outcome = self.book.add_host_point(host, point, _utilisation(sample))
+            gpus = [r for r in sample.readings if r.component is Component.GPU] if len(sample.readings) > 1 else []
+            outcome = self.book.add_host_point(host, point, _utilisation(sample, gpus))
             self.outcomes[outcome] += 1
-            if outcome != "duplicate" and self._raw_due(("host", host), sample.ts_ms):
-                self.lines += self._host_lines(host, sample, server)
+            if outcome != "duplicate" and self._raw_due(host.stream, sample.ts_ms):
+                self.lines += self._host_lines(host, sample, server, gpus)
 
     def _accept_meter(self, batch: SampleBatch, meter: MeterInfo, checked: list[tuple[Reading, Point]]) -> None:
         for sample, (reading, point) in zip(batch.samples, checked):
             outcome = self.book.add_meter_point(meter, point)
             self.outcomes[outcome] += 1
-            if outcome != "duplicate" and self._raw_due(("meter", meter), sample.ts_ms):
-                meter_series = self._series_of(("meter", meter), "meter", {
+            if outcome != "duplicate" and self._raw_due(meter.stream, sample.ts_ms):
+                meter_series = self._series.get(meter.stream) or self._series_of(meter.stream, "meter", {
                     "site": meter.site, "meter": meter.device, "role": meter.role, "source": meter.source or ""})
                 self.lines.append(lineproto.point(meter_series, {"power_w": reading.power_w,
                                                        "energy_kwh": reading.energy_j / 3.6e6}, sample.ts_ms))
@@ -220,34 +221,34 @@ class Ingest:
             found = self._series[key] = lineproto.series(measurement, tags)
         return found
 
-    def _host_lines(self, host: HostInfo, sample: Sample, server: Reading) -> list[str]:
-        packages, psys, dram, gpus = [], [], [], []
-        by_component = {Component.CPU_PACKAGE: packages, Component.PSYS: psys, Component.DRAM: dram,
-                        Component.GPU: gpus}
-        for reading in sample.readings:  # one pass over the readings
-            found = by_component.get(reading.component)
-            if found is not None:
-                found.append(reading)
+    def _host_lines(self, host: HostInfo, sample: Sample, server: Reading, gpus: list[Reading]) -> list[str]:
+        packages, psys, dram = [], [], []
+        if len(sample.readings) > 1 + len(gpus):  # more than the server input and the GPUs: one pass over them
+            by_component = {Component.CPU_PACKAGE: packages, Component.PSYS: psys, Component.DRAM: dram}
+            for reading in sample.readings:
+                found = by_component.get(reading.component)
+                if found is not None:
+                    found.append(reading)
         cpu = packages or psys
         fields = {
             "server_input_w": server.power_w,
-            "cpu_w": _sum(r.power_w for r in cpu),
-            "dram_w": _sum(r.power_w for r in dram),
-            "gpu_w": _sum(r.power_w for r in gpus),
+            "cpu_w": _power_sum(cpu),
+            "dram_w": _power_sum(dram),
+            "gpu_w": _power_sum(gpus),
             "cpu_method": cpu[0].method.value if cpu else None,
             "cpu_util": sample.host.cpu_util if sample.host else None,
             "gpus": len(gpus) or None,
-            "gpus_lost": sum(r.state == "lost" for r in gpus) or None,
+            "gpus_lost": sum(r.state == "lost" for r in gpus) or None if gpus else None,
         }
-        tags = {"site": host.site, "room": host.room, "rack": host.rack, "host": host.device}
         lines = []
-        if any(v is not None for v in fields.values()):
-            lines.append(lineproto.point(self._series_of(("host", host), "host", tags), fields, sample.ts_ms))
+        if server.power_w is not None or any(value is not None for value in fields.values()):
+            series = self._series.get(host.stream) or self._series_of(host.stream, "host", _host_tags(host))
+            lines.append(lineproto.point(series, fields, sample.ts_ms))
         for gpu in gpus:
             self.devices.gpu_limit_ratio[(host.site, host.room, host.rack, host.device, gpu.id)] = (
                 sample.ts_ms, gpu.power_w / gpu.power_limit_w
                 if gpu.power_w is not None and gpu.power_limit_w else None)
-            gpu_series = self._series_of(("gpu", host, gpu.id), "gpu", {**tags, "gpu": gpu.id})
+            gpu_series = self._series_of(("gpu", host, gpu.id), "gpu", {**_host_tags(host), "gpu": gpu.id})
             lines.append(lineproto.point(gpu_series, {
                 "power_w": gpu.power_w, "power_avg_w": gpu.power_avg_w, "power_instant_w": gpu.power_instant_w,
                 "power_limit_w": gpu.power_limit_w, "util": gpu.util, "temp_c": gpu.temp_c,
@@ -281,12 +282,6 @@ def _key_of(identity: Identity) -> tuple[str, str, str, str]:
     return identity.site, identity.room, identity.rack, identity.device
 
 
-def _stream_of(device: HostInfo | MeterInfo) -> tuple:
-    if isinstance(device, HostInfo):
-        return ("host", device.site, device.room, device.rack, device.device)
-    return ("meter", device.site, device.device)
-
-
 def _energy_reading(sample: Sample, device: HostInfo | MeterInfo) -> Reading:
     wanted = Component.SERVER_INPUT if isinstance(device, HostInfo) else Component.METER
     for reading in sample.readings:
@@ -295,12 +290,16 @@ def _energy_reading(sample: Sample, device: HostInfo | MeterInfo) -> Reading:
     raise ContractError("no-energy-reading", f"seq {sample.seq} has no {wanted} reading with energy_j")
 
 
-def _utilisation(sample: Sample) -> Utilisation | None:
-    gpus = [r.util for r in sample.readings if r.component == Component.GPU and r.util is not None]
+def _utilisation(sample: Sample, gpus: list[Reading]) -> Utilisation | None:
+    gpu_utils = [r.util for r in gpus if r.util is not None]
     cpu = sample.host.cpu_util if sample.host else None
-    if cpu is None and not gpus:
+    if cpu is None and not gpu_utils:
         return None
-    return Utilisation(cpu=cpu, gpu=sum(gpus) / len(gpus) if gpus else None, seconds=sample.interval_s)
+    return Utilisation(cpu=cpu, gpu=sum(gpu_utils) / len(gpu_utils) if gpu_utils else None, seconds=sample.interval_s)
+
+
+def _host_tags(host: HostInfo) -> dict[str, str]:
+    return {"site": host.site, "room": host.room, "rack": host.rack, "host": host.device}
 
 
 def _status_line(identity: Identity, status: Status, now_ms: int) -> str:
@@ -315,6 +314,6 @@ def _status_line(identity: Identity, status: Status, now_ms: int) -> str:
     return line("device_status", tags, fields, status.ts_ms or now_ms)
 
 
-def _sum(values) -> float | None:
-    present = [v for v in values if v is not None]
+def _power_sum(readings: list[Reading]) -> float | None:
+    present = [r.power_w for r in readings if r.power_w is not None] if readings else None
     return sum(present) if present else None

@@ -8,7 +8,7 @@ the collector consults for every message.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
@@ -134,6 +134,11 @@ class HostInfo:
     room: str
     rack: str
     device: str
+    # the key of its energy counter in the collector's book and state: ("host", site, room, rack, device)
+    stream: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stream", ("host", self.site, self.room, self.rack, self.device))
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +152,11 @@ class MeterInfo:
     role: MeterRole
     source: EnergySource | None
     feeds: tuple[str, ...]
+    # the key of its energy counter in the collector's book and state: ("meter", site, device)
+    stream: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stream", ("meter", self.site, self.device))
 
 
 class SiteIndex:

@@ -31,6 +31,7 @@ from common.contract import (
     decode_batch,
     decode_status,
     parse_topic,
+    topic_for,
 )
 
 
@@ -72,8 +73,18 @@ class Ingest:
         self.lines: list[str] = []
         self.devices = DeviceObservations()
         self._last_raw_ms: dict[tuple, int] = {}
+        # every configured device's samples topic and raw-reading series, made at start rather than at a
+        # device's first message (a restarted collector meets them all at once, while catching up)
+        self._sample_topics: dict[str, HostInfo | MeterInfo] = {}
         self._series: dict[tuple, str] = {}
-        self._sample_topics: dict[str, tuple[Identity, HostInfo | MeterInfo]] = {}  # of configured devices
+        for site in index.sites:
+            for host in index.expected_hosts(site.id):
+                self._sample_topics[_samples_topic(host, topic_root)] = host
+                self._series[host.stream] = lineproto.series("host", _host_tags(host))
+            for meter in index.expected_meters(site.id):
+                self._sample_topics[_samples_topic(meter, topic_root)] = meter
+                self._series[meter.stream] = lineproto.series("meter", {
+                    "site": meter.site, "meter": meter.device, "role": meter.role, "source": meter.source or ""})
 
     def handle(self, topic: str, payload: bytes, now_ms: int, retained: bool = False) -> Rejection | None:
         """Account one message; None when accepted, else why not.
@@ -81,21 +92,18 @@ class Ingest:
         A retained status only updates whether its device is online (see _status).
         """
         try:
-            known = self._sample_topics.get(topic)
-            if known is not None:
-                (identity, device), channel = known, SAMPLES_CHANNEL
-            else:
-                (identity, channel), device = parse_topic(topic, self.topic_root), None
-            if channel == STATUS_CHANNEL:
-                self._status(identity, payload, now_ms, retained)
-                return None
-            if channel != SAMPLES_CHANNEL:
-                raise ContractError("bad-topic", f"unknown channel {channel!r}")
+            device = self._sample_topics.get(topic)
+            if device is None:
+                identity, channel = parse_topic(topic, self.topic_root)
+                if channel == STATUS_CHANNEL:
+                    self._status(identity, payload, now_ms, retained)
+                    return None
+                if channel != SAMPLES_CHANNEL:
+                    raise ContractError("bad-topic", f"unknown channel {channel!r}")
             batch = decode_batch(payload)
             if device is None:
-                device = self._known(identity)
-                self._sample_topics[topic] = (identity, device)
-            self._device(identity, batch.kind, device)
+                raise self._unknown(identity)
+            _check_kind(batch.kind, device)
             checked = self._check(batch, device, now_ms)
         except ContractError as exc:
             self.rejected[exc.reason] += 1
@@ -128,31 +136,18 @@ class Ingest:
         lines, self.lines = self.lines, []
         return lines
 
-    def _known(self, identity: Identity) -> HostInfo | MeterInfo:
-        levels = (identity.site, identity.room, identity.rack, identity.device)
-        device = self.index.host(*levels) or self.index.meter(*levels)
-        if device is None:
-            if self.index.site(identity.site) is None:
-                raise ContractError("unknown-site", f"site {identity.site!r} is not in the site configuration")
-            raise ContractError("unknown-device", f"{'/'.join(levels[1:])} is not configured for site {identity.site!r}")
-        return device
+    def _unknown(self, identity: Identity) -> ContractError:
+        """Why a samples topic that is not a configured device's is refused."""
+        if self.index.site(identity.site) is None:
+            return ContractError("unknown-site", f"site {identity.site!r} is not in the site configuration")
+        levels = (identity.room, identity.rack, identity.device)
+        return ContractError("unknown-device", f"{'/'.join(levels)} is not configured for site {identity.site!r}")
 
     def _known_site(self, identity: Identity) -> None:
         """Statuses come from agents and also from meter gateways, which the site configuration does not list:
         any device of a configured site may send one (the broker's ACL decides who publishes where)."""
         if self.index.site(identity.site) is None:
             raise ContractError("unknown-site", f"site {identity.site!r} is not in the site configuration")
-
-    def _device(self, identity: Identity, kind: str, device: HostInfo | MeterInfo | None = None
-                ) -> HostInfo | MeterInfo:
-        """The configured device (looked up unless given) that sent a batch of this kind."""
-        if device is None:
-            device = self._known(identity)
-        host = device if isinstance(device, HostInfo) else None
-        if (kind == "host") != (host is not None):
-            raise ContractError("kind-mismatch", f"{identity.device!r} is configured as a "
-                                                 f"{'host' if host else 'meter'} but sent kind={kind!r}")
-        return device
 
     def _check(self, batch: SampleBatch, device: HostInfo | MeterInfo, now_ms: int
                ) -> list[tuple[Reading, Point]]:
@@ -209,13 +204,11 @@ class Ingest:
             outcome = self.book.add_meter_point(meter, point)
             self.outcomes[outcome] += 1
             if outcome != "duplicate" and self._raw_due(meter.stream, sample.ts_ms):
-                meter_series = self._series.get(meter.stream) or self._series_of(meter.stream, "meter", {
-                    "site": meter.site, "meter": meter.device, "role": meter.role, "source": meter.source or ""})
-                self.lines.append(lineproto.point(meter_series, {"power_w": reading.power_w,
+                self.lines.append(lineproto.point(self._series[meter.stream], {"power_w": reading.power_w,
                                                        "energy_kwh": reading.energy_j / 3.6e6}, sample.ts_ms))
 
     def _series_of(self, key: tuple, measurement: str, tags: dict[str, str]) -> str:
-        """A device's escaped series, made once (the same devices send again and again)."""
+        """An escaped series (a GPU's), made once (the same devices send again and again)."""
         found = self._series.get(key)
         if found is None:
             found = self._series[key] = lineproto.series(measurement, tags)
@@ -242,8 +235,7 @@ class Ingest:
         }
         lines = []
         if server.power_w is not None or any(value is not None for value in fields.values()):
-            series = self._series.get(host.stream) or self._series_of(host.stream, "host", _host_tags(host))
-            lines.append(lineproto.point(series, fields, sample.ts_ms))
+            lines.append(lineproto.point(self._series[host.stream], fields, sample.ts_ms))
         for gpu in gpus:
             self.devices.gpu_limit_ratio[(host.site, host.room, host.rack, host.device, gpu.id)] = (
                 sample.ts_ms, gpu.power_w / gpu.power_limit_w
@@ -276,6 +268,19 @@ def _check_counter(before: Point, after: Point, limit_w: float) -> None:
     if delta / seconds > limit_w:
         raise ContractError("absurd-power", f"seqs {before.seq}-{after.seq}: {delta:g} J in {seconds:g} s is more "
                                             f"than {limit_w:g} W")
+
+
+def _check_kind(kind: str, device: HostInfo | MeterInfo) -> None:
+    """A batch's kind must be its device's."""
+    is_host = isinstance(device, HostInfo)
+    if (kind == "host") != is_host:
+        raise ContractError("kind-mismatch", f"{device.device!r} is configured as a {'host' if is_host else 'meter'} "
+                                             f"but sent kind={kind!r}")
+
+
+def _samples_topic(device: HostInfo | MeterInfo, root: str) -> str:
+    return topic_for(Identity.model_construct(site=device.site, room=device.room, rack=device.rack,
+                                              device=device.device), SAMPLES_CHANNEL, root)
 
 
 def _key_of(identity: Identity) -> tuple[str, str, str, str]:

@@ -52,7 +52,7 @@ class EnergyBook:
         self.keep_points = keep_points
         self.streams: dict[tuple, StreamState] = {}
         self.accumulators: dict[AccumulatorKey, Accumulator] = {}
-        self.dirty: set[AccumulatorKey] = set()
+        self.dirty: dict[AccumulatorKey, Accumulator] = {}  # changed since the last take_dirty
         # accumulators whose latest value has no line in the output yet: kept by the reporter while it holds
         # lines back (Reporter.accumulator_lines), restored from the state after a restart
         self.unwritten: set[AccumulatorKey] = set()
@@ -124,8 +124,7 @@ class EnergyBook:
 
     def take_dirty(self) -> dict[AccumulatorKey, Accumulator]:
         """The accumulators changed since the last call, and forget that they were."""
-        changed = {key: self.accumulators[key] for key in self.dirty}
-        self.dirty.clear()
+        changed, self.dirty = self.dirty, {}
         return changed
 
     def take_new_points(self) -> list[tuple[tuple, Point]]:
@@ -145,7 +144,7 @@ class EnergyBook:
         for key in [k for k in self.accumulators
                     if k[-1] < (rack_bins_before_ms if k[0] == "rack" else site_bins_before_ms)]:
             del self.accumulators[key]
-            self.dirty.discard(key)
+            self.dirty.pop(key, None)
             self.unwritten.discard(key)
             if key[0] != "rack":
                 self.bins_by_site.get(key[1], set()).discard(key[-1])
@@ -203,7 +202,7 @@ class EnergyBook:
                 acc = accumulators.get(key) or self._accumulator(key)
                 acc.energy_j += joules
                 acc.covered_ms += covered
-                dirty.add(key)
+                dirty[key] = acc
         return "new"
 
     def _add_utilisation(self, scopes: tuple[tuple, ...], ts_ms: int, utilisation: Utilisation) -> None:
@@ -220,7 +219,7 @@ class EnergyBook:
             if gpu is not None:
                 acc.gpu_util_weighted += gpu * seconds
                 acc.gpu_util_weight += seconds
-            dirty.add(key)
+            dirty[key] = acc
 
     def _accumulator(self, key: AccumulatorKey) -> Accumulator:
         acc = self.accumulators.get(key)

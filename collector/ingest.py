@@ -54,6 +54,16 @@ class DeviceObservations:
     gpu_limit_ratio: dict[tuple[str, str, str, str, str], tuple[int, float | None]] = field(default_factory=dict)
 
 
+@dataclass(slots=True)
+class DeviceRoute:
+    """What a configured device's samples topic leads to: the device, the series of its raw readings, and the
+    raw-resolution slot of the last one stored (raw readings are stored at most once per slot)."""
+
+    device: HostInfo | MeterInfo
+    series: str
+    raw_slot: int = -1
+
+
 @dataclass(frozen=True)
 class Rejection:
     reason: str
@@ -72,19 +82,17 @@ class Ingest:
         self.outcomes: Counter[str] = Counter()
         self.lines: list[str] = []
         self.devices = DeviceObservations()
-        self._last_raw_ms: dict[tuple, int] = {}
-        # every configured device's samples topic and raw-reading series, made at start rather than at a
-        # device's first message (a restarted collector meets them all at once, while catching up)
-        self._sample_topics: dict[str, HostInfo | MeterInfo] = {}
-        self._series: dict[tuple, str] = {}
+        self._gpu_series: dict[tuple, str] = {}
+        # every configured device's route, made at start rather than at the device's first message (a restarted
+        # collector meets them all at once, while catching up)
+        self._routes: dict[str, DeviceRoute] = {}
         for site in index.sites:
             for host in index.expected_hosts(site.id):
-                self._sample_topics[_samples_topic(host, topic_root)] = host
-                self._series[host.stream] = lineproto.series("host", _host_tags(host))
+                self._routes[_samples_topic(host, topic_root)] = DeviceRoute(
+                    host, lineproto.series("host", _host_tags(host)))
             for meter in index.expected_meters(site.id):
-                self._sample_topics[_samples_topic(meter, topic_root)] = meter
-                self._series[meter.stream] = lineproto.series("meter", {
-                    "site": meter.site, "meter": meter.device, "role": meter.role, "source": meter.source or ""})
+                self._routes[_samples_topic(meter, topic_root)] = DeviceRoute(meter, lineproto.series("meter", {
+                    "site": meter.site, "meter": meter.device, "role": meter.role, "source": meter.source or ""}))
 
     def handle(self, topic: str, payload: bytes, now_ms: int, retained: bool = False) -> Rejection | None:
         """Account one message; None when accepted, else why not.
@@ -92,8 +100,8 @@ class Ingest:
         A retained status only updates whether its device is online (see _status).
         """
         try:
-            device = self._sample_topics.get(topic)
-            if device is None:
+            route = self._routes.get(topic)
+            if route is None:
                 identity, channel = parse_topic(topic, self.topic_root)
                 if channel == STATUS_CHANNEL:
                     self._status(identity, payload, now_ms, retained)
@@ -101,17 +109,17 @@ class Ingest:
                 if channel != SAMPLES_CHANNEL:
                     raise ContractError("bad-topic", f"unknown channel {channel!r}")
             batch = decode_batch(payload)
-            if device is None:
+            if route is None:
                 raise self._unknown(identity)
-            _check_kind(batch.kind, device)
-            checked = self._check(batch, device, now_ms)
+            _check_kind(batch.kind, route.device)
+            checked = self._check(batch, route.device, now_ms)
         except ContractError as exc:
             self.rejected[exc.reason] += 1
             return Rejection(exc.reason, exc.detail)
-        if isinstance(device, HostInfo):
-            self._accept_host(batch, device, checked)
+        if isinstance(route.device, HostInfo):
+            self._accept_host(batch, route, checked)
         else:
-            self._accept_meter(batch, device, checked)
+            self._accept_meter(batch, route, checked)
         self.outcomes["messages"] += 1
         return None
 
@@ -191,30 +199,33 @@ class Ingest:
         if ts_ms < now_ms - self.limits.max_age_s * 1000:
             raise ContractError("too-old", f"{what} is {(now_ms - ts_ms) / 86_400_000:.1f} days old")
 
-    def _accept_host(self, batch: SampleBatch, host: HostInfo, checked: list[tuple[Reading, Point]]) -> None:
+    def _accept_host(self, batch: SampleBatch, route: DeviceRoute, checked: list[tuple[Reading, Point]]) -> None:
+        host = route.device
         for sample, (server, point) in zip(batch.samples, checked):
             gpus = [r for r in sample.readings if r.component is Component.GPU] if len(sample.readings) > 1 else []
             outcome = self.book.add_host_point(host, point, _utilisation(sample, gpus))
             self.outcomes[outcome] += 1
-            if outcome != "duplicate" and self._raw_due(host.stream, sample.ts_ms):
-                self.lines += self._host_lines(host, sample, server, gpus)
+            if outcome != "duplicate" and _raw_due(route, sample.ts_ms // self.raw_resolution_ms):
+                self.lines += self._host_lines(host, route.series, sample, server, gpus)
 
-    def _accept_meter(self, batch: SampleBatch, meter: MeterInfo, checked: list[tuple[Reading, Point]]) -> None:
+    def _accept_meter(self, batch: SampleBatch, route: DeviceRoute, checked: list[tuple[Reading, Point]]) -> None:
         for sample, (reading, point) in zip(batch.samples, checked):
-            outcome = self.book.add_meter_point(meter, point)
+            outcome = self.book.add_meter_point(route.device, point)
             self.outcomes[outcome] += 1
-            if outcome != "duplicate" and self._raw_due(meter.stream, sample.ts_ms):
-                self.lines.append(lineproto.point(self._series[meter.stream], {"power_w": reading.power_w,
-                                                       "energy_kwh": reading.energy_j / 3.6e6}, sample.ts_ms))
+            if outcome != "duplicate" and _raw_due(route, sample.ts_ms // self.raw_resolution_ms):
+                self.lines.append(lineproto.point(route.series, {"power_w": reading.power_w,
+                                                                 "energy_kwh": reading.energy_j / 3.6e6}, sample.ts_ms))
 
-    def _series_of(self, key: tuple, measurement: str, tags: dict[str, str]) -> str:
-        """An escaped series (a GPU's), made once (the same devices send again and again)."""
-        found = self._series.get(key)
+    def _gpu_series_of(self, host: HostInfo, gpu: str) -> str:
+        """A GPU's escaped series, made once (the same devices send again and again)."""
+        key = (host.stream, gpu)
+        found = self._gpu_series.get(key)
         if found is None:
-            found = self._series[key] = lineproto.series(measurement, tags)
+            found = self._gpu_series[key] = lineproto.series("gpu", {**_host_tags(host), "gpu": gpu})
         return found
 
-    def _host_lines(self, host: HostInfo, sample: Sample, server: Reading, gpus: list[Reading]) -> list[str]:
+    def _host_lines(self, host: HostInfo, series: str, sample: Sample, server: Reading, gpus: list[Reading]
+                    ) -> list[str]:
         packages, psys, dram = [], [], []
         if len(sample.readings) > 1 + len(gpus):  # more than the server input and the GPUs: one pass over them
             by_component = {Component.CPU_PACKAGE: packages, Component.PSYS: psys, Component.DRAM: dram}
@@ -235,27 +246,17 @@ class Ingest:
         }
         lines = []
         if server.power_w is not None or any(value is not None for value in fields.values()):
-            lines.append(lineproto.point(self._series[host.stream], fields, sample.ts_ms))
+            lines.append(lineproto.point(series, fields, sample.ts_ms))
         for gpu in gpus:
             self.devices.gpu_limit_ratio[(host.site, host.room, host.rack, host.device, gpu.id)] = (
                 sample.ts_ms, gpu.power_w / gpu.power_limit_w
                 if gpu.power_w is not None and gpu.power_limit_w else None)
-            gpu_series = self._series_of(("gpu", host, gpu.id), "gpu", {**_host_tags(host), "gpu": gpu.id})
-            lines.append(lineproto.point(gpu_series, {
+            lines.append(lineproto.point(self._gpu_series_of(host, gpu.id), {
                 "power_w": gpu.power_w, "power_avg_w": gpu.power_avg_w, "power_instant_w": gpu.power_instant_w,
                 "power_limit_w": gpu.power_limit_w, "util": gpu.util, "temp_c": gpu.temp_c,
                 "mem_used_bytes": gpu.mem_used_bytes, "method": gpu.method.value, "lost": gpu.state == "lost",
             }, sample.ts_ms))
         return lines
-
-    def _raw_due(self, key: tuple, ts_ms: int) -> bool:
-        """Raw readings are stored at most once per resolution period per device."""
-        slot = ts_ms // self.raw_resolution_ms
-        if self._last_raw_ms.get(key) == slot:
-            return False
-        self._last_raw_ms[key] = slot
-        return True
-
 
 def _check_counter(before: Point, after: Point, limit_w: float) -> None:
     """Counters only grow, and no faster than the power limit allows (so a jump is refused whenever it shows,
@@ -268,6 +269,14 @@ def _check_counter(before: Point, after: Point, limit_w: float) -> None:
     if delta / seconds > limit_w:
         raise ContractError("absurd-power", f"seqs {before.seq}-{after.seq}: {delta:g} J in {seconds:g} s is more "
                                             f"than {limit_w:g} W")
+
+
+def _raw_due(route: DeviceRoute, slot: int) -> bool:
+    """Whether a raw reading in this raw-resolution slot is to be stored (the first of its slot is)."""
+    if route.raw_slot == slot:
+        return False
+    route.raw_slot = slot
+    return True
 
 
 def _check_kind(kind: str, device: HostInfo | MeterInfo) -> None:

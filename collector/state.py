@@ -83,11 +83,12 @@ class StateStore:
         accumulator changed so far, these included, has its line in the output spool; False while the reporter
         holds some back (they are then restored as unwritten). book: the one saved, to compact the point log
         against it in the same transaction (see the module's docstring); no compaction without it."""
-        encode = self._encode
-        point_rows = [(encode(stream), p.session, p.seq, p.ts_ms, p.energy_j) for stream, p in points]
+        encoded, encode = self._encoded, self._encode
+        point_rows = [(encoded.get(stream) or encode(stream), p.session, p.seq, p.ts_ms, p.energy_j)
+                      for stream, p in points]
         epoch = self._written_epoch + (1 if self._holding or not lines_written else 0)
-        accumulator_rows = sorted([(encode(key[:-1]), key[-1], *acc.as_row(), epoch)
-                                   for key, acc in accumulators.items()])
+        accumulator_rows = [(encoded.get(scope := key[:-1]) or encode(scope), key[-1], *acc.as_row(), epoch)
+                            for key, acc in accumulators.items()]
         self._db.execute("BEGIN")
         try:
             self._db.executemany(f"INSERT INTO point_log ({_POINT_COLUMNS}) VALUES (?, ?, ?, ?, ?)", point_rows)

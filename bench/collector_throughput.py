@@ -151,24 +151,6 @@ def collector_toml(path: Path, args, site: Path, state: Path, broker_port: int, 
     path.write_text(text)
 
 
-# Benchmark-only what-if experiments, applied by a launcher around collector.cli (production code unchanged):
-LAUNCHER = """
-import gc, sys
-from collector import cli, service
-
-experiments = set(sys.argv[1].split(","))
-if "gc-freeze" in experiments:
-    # move everything alive after start-up (site index, restored state) out of the collector's GC generations
-    _init = service.Collector.__init__
-    def __init__(self, config):
-        _init(self, config)
-        gc.collect()
-        gc.freeze()
-    service.Collector.__init__ = __init__
-print(f"bench launcher: experiments {sorted(experiments)}", file=sys.stderr, flush=True)
-sys.exit(cli.main(sys.argv[2:]))
-"""
-EXPERIMENTS = ("gc-freeze",)
 
 
 # ---------------------------------------------------------------- database access
@@ -345,13 +327,12 @@ def stop_process(process: subprocess.Popen | None, timeout_s: float = 20.0, sig:
 
 # (label, function name, file suffix): cumulative time of these entry points, per message.
 _STAGES = [
-    ("paho read: socket, MQTT decode, on_message", "loop_read", "paho/mqtt/client.py"),
+    ("MQTT read: socket, MQTT decode (BufferedClient.loop_read)", "loop_read", "collector/service.py"),
     ("  of which socket recv (read-ahead)", "_sock_recv", "collector/service.py"),
-    ("  of which PUBLISH fast path (BufferedClient)", "_handle_publish", "collector/service.py"),
+    ("  of which PUBLISH packets read ahead", "_publish_burst", "collector/service.py"),
     ("JSON + pydantic decode (decode_batch)", "decode_batch", "common/contract.py"),
     ("topic parse (parse_topic)", "parse_topic", "common/contract.py"),
     ("validation (Ingest._check)", "_check", "collector/ingest.py"),
-    ("device lookup (Ingest._device)", "_device", "collector/ingest.py"),
     ("accounting (EnergyBook.add_host_point)", "add_host_point", "collector/book.py"),
     ("raw host lines (_host_lines)", "_host_lines", "collector/ingest.py"),
     ("line encoding, all lines (lineproto.point)", "point", "collector/lineproto.py"),
@@ -362,9 +343,8 @@ _STAGES = [
     ("  of which HTTP request/response", "_request", "collector/writers.py"),
     ("output spool append (SpooledOutput.enqueue)", "enqueue", "collector/output.py"),
     ("SQLite state save (StateStore.save)", "save", "collector/state.py"),
-    ("PUBACKs (Client.ack)", "ack", "paho/mqtt/client.py"),
-    ("  of which paho loop_write (one per ack)", "loop_write", "paho/mqtt/client.py"),
-    ("  of which socket send", "_sock_send", "paho/mqtt/client.py"),
+    ("PUBACKs queued (BufferedClient.ack_all)", "ack_all", "collector/service.py"),
+    ("MQTT write (paho loop_write)", "loop_write", "paho/mqtt/client.py"),
     ("site metrics (Reporter.site_lines)", "site_lines", "collector/report.py"),
     ("select() wait (idle)", "<built-in method select.select>", ""),
     ("whole flush (Collector.flush)", "flush", "collector/service.py"),
@@ -504,12 +484,7 @@ def execute(run: Run) -> dict:
     profile = args.profile or os.environ.get("DCEM_BENCH_PROFILE")
     profile_path = Path(profile).resolve() if profile else None
     prefix = [sys.executable, *(["-m", "cProfile", "-o", str(profile_path)] if profile_path else [])]
-    if args.experiment:
-        launcher = folder / "launcher.py"
-        launcher.write_text(LAUNCHER)
-        argv = [*prefix, str(launcher), ",".join(args.experiment), "--config", str(toml)]
-    else:
-        argv = [*prefix, "-m", "collector.cli", "--config", str(toml)]
+    argv = [*prefix, "-m", "collector.cli", "--config", str(toml)]
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     with open(collector_log, "wb") as log:
         collector = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -761,7 +736,7 @@ def execute(run: Run) -> dict:
     kept_up = caught_up is not None and drain_s <= TARGET_P99_S
     passed = (target_rate and kept_up and drained and lost == 0 and rejected == 0 and unstored == 0 and pub_failed == 0 and sent == planned
               and c_rate >= 0.97 * TARGET_MSGS_PER_S and len(latencies) > 0 and p99 < TARGET_P99_S
-              and not profile_path and not args.experiment)
+              and not profile_path)
     return {
         "collector_msgs_per_s": round(c_rate), "mosquitto_sub_msgs_per_s": round(s_rate),
         "ratio": round(c_rate / s_rate, 3) if s_rate else 0, "points_per_s": round(points_per_s),
@@ -776,7 +751,7 @@ def execute(run: Run) -> dict:
         "collector_us_per_msg": round(collector_us_per_msg), "mosquitto_cpu_s": round(cpu["mosquitto"], 1),
         "publisher_cpu_s": round(publisher_cpu, 1), "sub_cpu_s": round(cpu["mosquitto_sub"], 1),
         "db_cpu_s": round(cpu[args.db], 1), "host_busy_pct": round(host_busy_pct),
-        "profiled": "yes" if profile_path else "no", "experiments": ",".join(args.experiment) or "none",
+        "profiled": "yes" if profile_path else "no",
         "settings": ";".join(f"{k}={v}" for k, v in args.overrides).replace(" ", "").replace('"', "") or "defaults",
     }
 
@@ -808,8 +783,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="collector setting as a TOML value, e.g. --set ingest.max_batch=10000 "
                         "--set 'mqtt.protocol=\"3.1.1\"' (then consider --broker-inflight)")
-    p.add_argument("--experiment", action="append", default=[], choices=EXPERIMENTS,
-                   help="benchmark-only what-if patch of the collector (see LAUNCHER); production code unchanged")
     p.add_argument("--broker-inflight", type=int, default=1000,
                    help="mosquitto max_inflight_messages: its QoS 1 window towards MQTT 3.1.1 subscribers")
     p.add_argument("--influx-default-limits", action="store_true",

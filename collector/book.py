@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from collector.accounting import BIN_MS, Point, StreamState
 from collector.metrics import MeterCoverage, SiteBin
@@ -37,8 +38,7 @@ class Accumulator:
                 self.gpu_util_weighted, self.gpu_util_weight)
 
 
-@dataclass(frozen=True)
-class Utilisation:
+class Utilisation(NamedTuple):
     """A sample's utilisation (0..1) and the seconds it describes."""
 
     cpu: float | None

@@ -234,18 +234,22 @@ class Ingest:
                 if found is not None:
                     found.append(reading)
         cpu = packages or psys
-        fields = {
-            "server_input_w": server.power_w,
-            "cpu_w": _power_sum(cpu),
-            "dram_w": _power_sum(dram),
-            "gpu_w": _power_sum(gpus),
-            "cpu_method": cpu[0].method.value if cpu else None,
-            "cpu_util": sample.host.cpu_util if sample.host else None,
-            "gpus": len(gpus) or None,
-            "gpus_lost": sum(r.state == "lost" for r in gpus) or None if gpus else None,
-        }
+        fields = {"server_input_w": server.power_w}  # the fields a sample has, in a fixed order
+        if cpu:
+            fields["cpu_w"] = _power_sum(cpu)
+        if dram:
+            fields["dram_w"] = _power_sum(dram)
+        if gpus:
+            fields["gpu_w"] = _power_sum(gpus)
+        if cpu:
+            fields["cpu_method"] = cpu[0].method.value
+        if sample.host:
+            fields["cpu_util"] = sample.host.cpu_util
+        if gpus:
+            fields["gpus"] = len(gpus)
+            fields["gpus_lost"] = sum(r.state == "lost" for r in gpus) or None
         lines = []
-        if server.power_w is not None or any(value is not None for value in fields.values()):
+        if any(value is not None for value in fields.values()):
             lines.append(lineproto.point(series, fields, sample.ts_ms))
         for gpu in gpus:
             self.devices.gpu_limit_ratio[(host.site, host.room, host.rack, host.device, gpu.id)] = (
@@ -305,7 +309,7 @@ def _energy_reading(sample: Sample, device: HostInfo | MeterInfo) -> Reading:
 
 
 def _utilisation(sample: Sample, gpus: list[Reading]) -> Utilisation | None:
-    gpu_utils = [r.util for r in gpus if r.util is not None]
+    gpu_utils = [r.util for r in gpus if r.util is not None] if gpus else None
     cpu = sample.host.cpu_util if sample.host else None
     if cpu is None and not gpu_utils:
         return None
@@ -329,5 +333,5 @@ def _status_line(identity: Identity, status: Status, now_ms: int) -> str:
 
 
 def _power_sum(readings: list[Reading]) -> float | None:
-    present = [r.power_w for r in readings if r.power_w is not None] if readings else None
+    present = [r.power_w for r in readings if r.power_w is not None]
     return sum(present) if present else None

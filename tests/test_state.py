@@ -8,10 +8,15 @@ Site: tests/site_stream.py. T is a bin start (2026-03-02T00:00Z).
 from __future__ import annotations
 
 import sqlite3
+import tempfile
 from datetime import datetime, timezone
+from pathlib import Path
+from unittest import mock
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from collector.accounting import BIN_MS, Point
 from collector.book import EnergyBook, Utilisation
@@ -236,6 +241,43 @@ def test_the_point_log_stays_bounded_and_restores_the_book_after_every_flush(tmp
     assert max(log_sizes) <= 3 * max(20, held)
     assert log_sizes[-1] < 60 * 6  # compaction did drop rows
     store.close()
+
+
+# one arrival: (stream, session, seq) with the counter a steady 500 W gives, or a save (None)
+arrivals = st.lists(st.one_of(st.none(), st.tuples(st.sampled_from(["h01", "utility"]), st.sampled_from(["a", "b"]),
+                                                  st.integers(0, 40))), max_size=150)
+
+
+@settings(max_examples=60, deadline=None)
+@given(history=arrivals, keep=st.integers(2, 5))
+def test_whatever_arrives_and_whenever_it_is_saved_the_log_restores_the_book(history, keep):
+    """Late, duplicated and restarted streams, saved at random moments with compaction slices of 3 rows once the
+    log holds 8: a restart at the end restores the book, and a full compaction leaves exactly its points."""
+    with tempfile.TemporaryDirectory() as folder, mock.patch.object(state, "COMPACT_MIN_ROWS", 8), \
+            mock.patch.object(state, "COMPACT_MIN_SLICE", 3), mock.patch.object(state, "COMPACT_PER_APPENDED", 1):
+        path = Path(folder) / "state.db"
+        store = StateStore(path)
+        book = EnergyBook(INDEX, keep_points=keep)
+        for arrival in [*history, None]:
+            if arrival is None:
+                store.save(book.take_new_points(), book.take_dirty(), book=book)
+                continue
+            device, session, seq = arrival
+            point = Point(f"s-{device}-{session}", seq, T + seq * MIN, seq * 30_000.0)
+            if device == "h01":
+                book.add_host_point(H01, point, None)
+            else:
+                book.add_meter_point(UTILITY, point)
+        again, (points, _) = restored(path, keep=keep)
+        assert points <= 3 * max(8, book.held_points()) + 3
+        assert stream_states(again) == stream_states(book)
+        assert rows(again) == rows(book)
+        store.compact(book)
+        store.close()
+        held = {(stream[-1], session): sorted([*(p.seq for p in kept), *(
+                    [s.earliest[session].seq] if session in s.earliest else [])])
+                for stream, s in book.streams.items() for session, kept in s.sessions.items()}
+        assert saved_points(path) == held
 
 
 def test_a_book_restored_after_pruning_keeps_what_the_original_kept(tmp_path):

@@ -26,6 +26,7 @@ writes their lines.
 from __future__ import annotations
 
 import sqlite3
+from functools import lru_cache
 from pathlib import Path
 
 from collector.accounting import Point
@@ -69,8 +70,6 @@ class StateStore:
         self._written_epoch = self._meta("lines_written_epoch")
         self._holding = self._db.execute("SELECT 1 FROM accumulators WHERE line_epoch > ? LIMIT 1",
                                          (self._written_epoch,)).fetchone() is not None
-        self._encoded: dict[tuple, str] = {}
-        self._decoded: dict[str, tuple] = {}
         if self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'points'").fetchone():
             self._db.executescript(f"""BEGIN; INSERT INTO point_log SELECT {_POINT_COLUMNS} FROM points;
                                        DROP TABLE points; COMMIT;""")  # a state.db from before the log
@@ -83,12 +82,9 @@ class StateStore:
         accumulator changed so far, these included, has its line in the output spool; False while the reporter
         holds some back (they are then restored as unwritten). book: the one saved, to compact the point log
         against it in the same transaction (see the module's docstring); no compaction without it."""
-        encoded, encode = self._encoded, self._encode
-        point_rows = [(encoded.get(stream) or encode(stream), p.session, p.seq, p.ts_ms, p.energy_j)
-                      for stream, p in points]
+        point_rows = [(_encode(stream), p.session, p.seq, p.ts_ms, p.energy_j) for stream, p in points]
         epoch = self._written_epoch + (1 if self._holding or not lines_written else 0)
-        accumulator_rows = [(encoded.get(scope := key[:-1]) or encode(scope), key[-1], *acc.as_row(), epoch)
-                            for key, acc in accumulators.items()]
+        accumulator_rows = [(_encode(key[:-1]), key[-1], *acc.as_row(), epoch) for key, acc in accumulators.items()]
         self._db.execute("BEGIN")
         try:
             self._db.executemany(f"INSERT INTO point_log ({_POINT_COLUMNS}) VALUES (?, ?, ?, ?, ?)", point_rows)
@@ -152,8 +148,8 @@ class StateStore:
         if not rows:
             self._pass_end = 0
             return
-        decode, holds = self._decode, book.holds
-        kept = [row[1:] for row in rows if holds(decode(row[1]), row[2], row[3])]
+        holds = book.holds
+        kept = [row[1:] for row in rows if holds(_decode(row[1]), row[2], row[3])]
         self._db.execute("DELETE FROM point_log WHERE rowid <= ?", (rows[-1][0],))
         self._db.executemany(f"INSERT INTO point_log ({_POINT_COLUMNS}) VALUES (?, ?, ?, ?, ?)", kept)
         if rows[-1][0] >= self._pass_end:
@@ -181,28 +177,14 @@ class StateStore:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else 0
 
-    def _encode(self, key: tuple) -> str:
-        """A stream or scope key as stored, made once per key (the same streams save again and again)."""
-        text = self._encoded.get(key)
-        if text is None:
-            if len(self._encoded) >= _ENCODED_MAX:
-                self._encoded.clear()
-            text = self._encoded[key] = _encode(key)
-        return text
 
-    def _decode(self, text: str) -> tuple:
-        """A stored stream key as the book's tuple, made once per key."""
-        key = self._decoded.get(text)
-        if key is None:
-            if len(self._decoded) >= _ENCODED_MAX:
-                self._decoded.clear()
-            key = self._decoded[text] = _decode(text)
-        return key
-
-
+@lru_cache(maxsize=_ENCODED_MAX)
 def _encode(key: tuple) -> str:
+    """A stream or scope key as stored; cached, since the same streams save again and again."""
     return _SEP.join(str(part) for part in key)
 
 
+@lru_cache(maxsize=_ENCODED_MAX)
 def _decode(text: str) -> tuple[str, ...]:
+    """A stored stream or scope key as the book's tuple; cached, since compaction reads the same streams."""
     return tuple(text.split(_SEP))

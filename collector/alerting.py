@@ -32,7 +32,7 @@ from collector.lineproto import line
 from collector.metrics import standard_periods
 from collector.report import Reporter
 from collector.rules import SITE_METRICS, Rule
-from collector.site import SiteIndex
+from collector.site import STREAM_SEPARATOR, SiteIndex
 from common.contract import Alert, alert_topic, encode
 
 GRACE_MS = 10 * 60_000
@@ -74,7 +74,7 @@ class Alerting:
         """(rule, site, subject) of every firing alert."""
         return [key for key, state in self.states.items() if state.state == "firing"]
 
-    def _site_metric_events(self, site: str, rules: tuple[Rule, ...], latest: Mapping[tuple, int],
+    def _site_metric_events(self, site: str, rules: tuple[Rule, ...], latest: Mapping[str, int],
                             clock: int) -> list[AlertEvent]:
         metric_rules = [r for r in rules if r.metric in SITE_METRICS]
         if not metric_rules:
@@ -101,7 +101,7 @@ class Alerting:
         return events
 
     def _device_events(self, site: str, rules: tuple[Rule, ...], now_ms: int, clock: int,
-                       latest: Mapping[tuple, int], devices: DeviceObservations) -> list[AlertEvent]:
+                       latest: Mapping[str, int], devices: DeviceObservations) -> list[AlertEvent]:
         events = []
         for rule in rules:
             if rule.metric == "agent_offline":
@@ -110,7 +110,7 @@ class Alerting:
                         events += self._observe(rule, site, key[3], now_ms, 0.0 if online else 1.0)
             elif rule.metric == "meter_lag_s":
                 for meter in self.index.expected_meters(site):
-                    seen = latest.get(("meter", site, meter.device), self.first_clock[site])
+                    seen = latest.get(meter.stream, self.first_clock[site])
                     events += self._observe(rule, site, meter.device, clock, max(0, clock - seen) / 1000)
             elif rule.metric == "gpu_power_limit_ratio":
                 for key, (ts_ms, ratio) in devices.gpu_limit_ratio.items():
@@ -129,15 +129,16 @@ class Alerting:
             self.states[key] = state
         return [event] if event else []
 
-    def _latest_by_site(self) -> dict[str, dict[tuple, int]]:
+    def _latest_by_site(self) -> dict[str, dict[str, int]]:
         """Per site with rules, the latest sample time of every stream that has reported, by its book key
-        (("host", site, room, rack, device) or ("meter", site, meter))."""
-        latest: dict[str, dict[tuple, int]] = {}
+        (HostInfo.stream, MeterInfo.stream)."""
+        latest: dict[str, dict[str, int]] = {}
         for stream, state in self.book.streams.items():
-            if stream[1] in self.rules:
+            site = stream.split(STREAM_SEPARATOR, 2)[1]
+            if site in self.rules:
                 times = [kept[-1].ts_ms for kept in state.sessions.values() if kept]
                 if times:
-                    latest.setdefault(stream[1], {})[stream] = max(times)
+                    latest.setdefault(site, {})[stream] = max(times)
         return latest
 
     def _load(self) -> None:

@@ -50,14 +50,14 @@ class EnergyBook:
     def __init__(self, index: SiteIndex, keep_points: int = 16):
         self.index = index
         self.keep_points = keep_points
-        self.streams: dict[tuple, StreamState] = {}
+        self.streams: dict[str, StreamState] = {}  # by stream key (site.stream_key)
         self.accumulators: dict[AccumulatorKey, Accumulator] = {}
         self.dirty: dict[AccumulatorKey, Accumulator] = {}  # changed since the last take_dirty
         # accumulators whose latest value has no line in the output yet: kept by the reporter while it holds
         # lines back (Reporter.accumulator_lines), restored from the state after a restart
         self.unwritten: set[AccumulatorKey] = set()
         self.bins_by_site: dict[str, set[int]] = {}
-        self.new_points: list[tuple[tuple, Point]] = []
+        self.new_points: list[tuple[str, Point]] = []
 
     def add_host_point(self, host: HostInfo, point: Point, utilisation: Utilisation | None) -> str:
         """Account one host server-input point. Returns 'new', 'duplicate' or 'refinement-ignored'."""
@@ -71,7 +71,7 @@ class EnergyBook:
         """Account one meter point. Returns 'new', 'duplicate' or 'refinement-ignored'."""
         return self._account(meter.stream, point, (("meter", meter.site, meter.device),))
 
-    def restore_point(self, stream: tuple, point: Point) -> None:
+    def restore_point(self, stream: str, point: Point) -> None:
         """Put back a point saved earlier, without contributing again (its contributions are saved too)."""
         self._stream(stream).add(point)
 
@@ -82,7 +82,7 @@ class EnergyBook:
         if unwritten:
             self.unwritten.add(key)
 
-    def neighbours(self, stream: tuple, session: str, seq: int) -> tuple[Point | None, Point | None]:
+    def neighbours(self, stream: str, session: str, seq: int) -> tuple[Point | None, Point | None]:
         """The nearest known points before and after seq in its session (the earliest point ever seen counts
         too, for a session that dropped some): a new point's counter must fit between them."""
         state = self.streams.get(stream)
@@ -100,7 +100,7 @@ class EnergyBook:
             later = earliest
         return earlier, later
 
-    def holds(self, stream: tuple, session: str, seq: int) -> bool:
+    def holds(self, stream: str, session: str, seq: int) -> bool:
         """Whether the book still holds this point (the state store keeps exactly those, see collector/state.py)."""
         state = self.streams.get(stream)
         return state is not None and state.holds(session, seq)
@@ -109,7 +109,7 @@ class EnergyBook:
         """How many points the book holds, over every stream (walks them all)."""
         return sum(state.held() for state in self.streams.values())
 
-    def overlapping_session(self, stream: tuple, session: str, ts_ms: int) -> str | None:
+    def overlapping_session(self, stream: str, session: str, ts_ms: int) -> str | None:
         """Another session of the same stream whose known span contains ts_ms: two senders claiming one
         device (a cloned agent), whose energies must not both be counted."""
         state = self.streams.get(stream)
@@ -127,7 +127,7 @@ class EnergyBook:
         changed, self.dirty = self.dirty, {}
         return changed
 
-    def take_new_points(self) -> list[tuple[tuple, Point]]:
+    def take_new_points(self) -> list[tuple[str, Point]]:
         points, self.new_points = self.new_points, []
         return points
 
@@ -180,13 +180,13 @@ class EnergyBook:
         """The bins in [start_ms, end_ms) where anything was accounted for the site."""
         return sorted(s for s in self.bins_by_site.get(site, ()) if start_ms <= s < end_ms)
 
-    def _stream(self, stream: tuple) -> StreamState:
+    def _stream(self, stream: str) -> StreamState:
         state = self.streams.get(stream)
         if state is None:
             state = self.streams[stream] = StreamState(keep=self.keep_points)
         return state
 
-    def _account(self, stream: tuple, point: Point, scopes: tuple[tuple, ...]) -> str:
+    def _account(self, stream: str, point: Point, scopes: tuple[tuple, ...]) -> str:
         """Apply a point's contributions to the accumulators (scope + (bin start,)) of each scope."""
         state = self.streams.get(stream) or self._stream(stream)
         contributions = state.add(point)

@@ -126,6 +126,15 @@ class SiteConfig(_Section):
         return self
 
 
+STREAM_SEPARATOR = "\x1f"  # between the parts of a stream key; a topic level never holds it
+
+
+def stream_key(*parts: str) -> str:
+    """The key of a device's energy counter in the collector's book and state: its kind and identity, joined.
+    A string, whose hash Python keeps, because the collector looks streams up several times per message."""
+    return STREAM_SEPARATOR.join(parts)
+
+
 @dataclass(frozen=True, slots=True)
 class HostInfo:
     """An expected host, identified by its topic levels."""
@@ -134,11 +143,11 @@ class HostInfo:
     room: str
     rack: str
     device: str
-    # the key of its energy counter in the collector's book and state: ("host", site, room, rack, device)
-    stream: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    # the key of its energy counter in the collector's book and state: "host", site, room, rack, device
+    stream: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "stream", ("host", self.site, self.room, self.rack, self.device))
+        object.__setattr__(self, "stream", stream_key("host", self.site, self.room, self.rack, self.device))
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,11 +161,11 @@ class MeterInfo:
     role: MeterRole
     source: EnergySource | None
     feeds: tuple[str, ...]
-    # the key of its energy counter in the collector's book and state: ("meter", site, device)
-    stream: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    # the key of its energy counter in the collector's book and state: "meter", site, device
+    stream: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "stream", ("meter", self.site, self.device))
+        object.__setattr__(self, "stream", stream_key("meter", self.site, self.device))
 
 
 class SiteIndex:

@@ -4,16 +4,18 @@ Saved in one transaction per flush, before the flushed MQTT messages are acknowl
 killed at any moment restarts from state that matches what the broker will redeliver: a message whose
 points were saved is recognised as a duplicate, one whose points were not is accounted afresh.
 
-Points go to an append-only log (`point_log`, in arrival order): a flush appends its new points at the end of the
-table, a few pages, instead of inserting them all over a table keyed by stream. The log is compacted as it grows,
-a bounded slice per save: once it holds more than twice the points the book holds (and at least
-`COMPACT_MIN_ROWS`), a pass walks the rows that existed when it began, oldest first, `COMPACT_PER_APPENDED` rows
-per new point (at least `COMPACT_MIN_SLICE`); a row whose point the book still holds (`EnergyBook.holds`: each
-session's earliest and newest `keep` points, sessions not yet forgotten) is appended again, and the walked rows
-are deleted. So the log holds the book's points plus at most about twice as many dropped ones, and `load_into`
-restores the book's points, in seq order per session. Rows reach the head of the log long after they arrived
-(a site publishing every 10 s with `keep` = 16 drops a point 160 s after it arrived), so a pass appends again
-little more than each session's earliest point and the points of devices that went quiet.
+Points go to an append-only log (`point_batches`, in arrival order), one row per save holding all of its points
+in columns (streams and sessions as newline-separated text, seq and ts_ms as little-endian int64, energy_j as
+float64): a flush appends one row of a few pages, instead of one row per point all over a table keyed by stream.
+The log is compacted as it grows, a bounded slice per save: once it holds more than twice the points the book holds
+(and at least `COMPACT_MIN_ROWS` points), a pass walks the rows that existed when it began, oldest first, until it
+has walked `COMPACT_PER_APPENDED` points per new point (at least `COMPACT_MIN_SLICE`); the points the book still
+holds (`EnergyBook.holds`: each session's earliest and newest `keep` points, sessions not yet forgotten) are
+appended again as one row, and the walked rows are deleted. So the log holds the book's points plus at most about
+twice as many dropped ones, and `load_into` restores the book's points, in seq order per session. Points reach the
+head of the log long after they arrived (a site publishing every 10 s with `keep` = 16 drops a point 160 s after it
+arrived), so a pass appends again little more than each session's earliest point and the points of devices that
+went quiet.
 
 Accumulators whose rack_energy / meter_energy line is not in the output spool yet (the reporter holds lines back
 while more messages wait, see Reporter.accumulator_lines) are saved as such: while lines are held back, saved
@@ -26,16 +28,19 @@ writes their lines.
 from __future__ import annotations
 
 import sqlite3
+import sys
+from array import array
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 
 from collector.accounting import Point
 from collector.book import Accumulator, AccumulatorKey, EnergyBook
-
-_SEP = "\x1f"
+from collector.site import STREAM_SEPARATOR as _SEP
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS point_log (
-    stream TEXT NOT NULL, session TEXT NOT NULL, seq INTEGER NOT NULL, ts_ms INTEGER NOT NULL, energy_j REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS point_batches (
+    points INTEGER NOT NULL, streams TEXT NOT NULL, sessions TEXT NOT NULL,
+    seqs BLOB NOT NULL, ts_ms BLOB NOT NULL, energies_j BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS accumulators (
     scope TEXT NOT NULL, bin_ms INTEGER NOT NULL,
     energy_j REAL, covered_ms REAL, cpu_w REAL, cpu_n REAL, gpu_w REAL, gpu_n REAL,
@@ -44,15 +49,19 @@ CREATE TABLE IF NOT EXISTS accumulators (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 """
 _ACCUMULATOR_COLUMNS = "scope, bin_ms, energy_j, covered_ms, cpu_w, cpu_n, gpu_w, gpu_n"
-_POINT_COLUMNS = "stream, session, seq, ts_ms, energy_j"
+_BATCH_COLUMNS = "points, streams, sessions, seqs, ts_ms, energies_j"
+_ROW_TABLES = ("points", "point_log")  # earlier layouts, one row per point: converted at open
+_CONVERTED_PER_BATCH = 100_000
 # Accumulators of one bin change in many flushes; a larger WAL between checkpoints (pages of 4 KiB, up to
 # ~80 MiB) lets a page changed by several flushes be copied back once.
 _WAL_AUTOCHECKPOINT_PAGES = 20_000
 _ENCODED_MAX = 1_000_000
-COMPACT_MIN_ROWS = 100_000
+COMPACT_MIN_POINTS = 100_000
 COMPACT_PER_APPENDED = 2
 COMPACT_MIN_SLICE = 1_000
 
+# One saved point as the log holds it: (stream key, session, seq, ts_ms, energy_j)
+SavedPoint = tuple[str, str, int, int, float]
 
 
 class StateStore:
@@ -70,32 +79,36 @@ class StateStore:
         self._written_epoch = self._meta("lines_written_epoch")
         self._holding = self._db.execute("SELECT 1 FROM accumulators WHERE line_epoch > ? LIMIT 1",
                                          (self._written_epoch,)).fetchone() is not None
-        if self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'points'").fetchone():
-            self._db.executescript(f"""BEGIN; INSERT INTO point_log SELECT {_POINT_COLUMNS} FROM points;
-                                       DROP TABLE points; COMMIT;""")  # a state.db from before the log
+        self._log_points = 0  # points in the log, kept up to date by _append and _compact
+        for table in _ROW_TABLES:
+            if self._db.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (table,)).fetchone():
+                self._convert(table)
+        self._log_points = self._count_log_points()
         self._pass_end = 0  # the last row of the compaction pass under way; 0 between passes
-        self._next_check_rows = COMPACT_MIN_ROWS  # log size at which to count the book's points again
+        self._next_check_points = COMPACT_MIN_POINTS  # log size at which to count the book's points again
 
-    def save(self, points: list[tuple[tuple, Point]], accumulators: dict[AccumulatorKey, Accumulator],
+    def save(self, points: list[tuple[str, Point]], accumulators: dict[AccumulatorKey, Accumulator],
              lines_written: bool = True, book: EnergyBook | None = None) -> None:
         """Store new points and the current value of changed accumulators, atomically. lines_written: every
         accumulator changed so far, these included, has its line in the output spool; False while the reporter
         holds some back (they are then restored as unwritten). book: the one saved, to compact the point log
         against it in the same transaction (see the module's docstring); no compaction without it."""
-        point_rows = [(_encode(stream), p.session, p.seq, p.ts_ms, p.energy_j) for stream, p in points]
         epoch = self._written_epoch + (1 if self._holding or not lines_written else 0)
         accumulator_rows = [(_encode(key[:-1]), key[-1], *acc.as_row(), epoch) for key, acc in accumulators.items()]
         self._db.execute("BEGIN")
         try:
-            self._db.executemany(f"INSERT INTO point_log ({_POINT_COLUMNS}) VALUES (?, ?, ?, ?, ?)", point_rows)
+            if points:
+                self._append([stream for stream, _ in points], [p.session for _, p in points],
+                             [p.seq for _, p in points], [p.ts_ms for _, p in points],
+                             [p.energy_j for _, p in points])
             if book is not None:
-                self._compact(book, max(COMPACT_MIN_SLICE, COMPACT_PER_APPENDED * len(point_rows)))
+                self._compact(book, max(COMPACT_MIN_SLICE, COMPACT_PER_APPENDED * len(points)))
             self._db.executemany(f"INSERT OR REPLACE INTO accumulators ({_ACCUMULATOR_COLUMNS}, line_epoch) "
                                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", accumulator_rows)
             if lines_written and epoch != self._written_epoch:
                 self._db.execute("INSERT OR REPLACE INTO meta VALUES ('lines_written_epoch', ?)", (epoch,))
         except BaseException:
-            self._db.execute("ROLLBACK")
+            self._rollback()
             raise
         self._db.execute("COMMIT")
         self._holding = not lines_written
@@ -106,9 +119,8 @@ class StateStore:
         """Restore a book from the saved state; returns (points, accumulators) restored. Accumulators saved
         while their lines were held back are restored as unwritten (`EnergyBook.unwritten`)."""
         points = 0
-        for stream, session, seq, ts_ms, energy_j in self._db.execute(
-                f"SELECT {_POINT_COLUMNS} FROM point_log ORDER BY stream, session, seq"):
-            book.restore_point(_decode(stream), Point(session, seq, ts_ms, energy_j))
+        for stream, session, seq, ts_ms, energy_j in sorted(self.saved_points()):
+            book.restore_point(stream, Point(session, seq, ts_ms, energy_j))
             points += 1
         accumulators = 0
         for scope, bin_ms, *row, line_epoch in self._db.execute(
@@ -117,6 +129,11 @@ class StateStore:
                                      unwritten=line_epoch > self._written_epoch)
             accumulators += 1
         return points, accumulators
+
+    def saved_points(self) -> Iterator[SavedPoint]:
+        """Every point in the log, oldest row first."""
+        for batch in self._db.execute(f"SELECT {_BATCH_COLUMNS} FROM point_batches ORDER BY rowid"):
+            yield from _unpack(batch)
 
     def prune(self, rack_bins_before_ms: int, site_bins_before_ms: int) -> int:
         """Drop accumulators older than these cut-offs (as EnergyBook.forget does in memory). Returns rows deleted.
@@ -129,46 +146,85 @@ class StateStore:
 
     def compact(self, book: EnergyBook) -> None:
         """Compact the whole point log now: afterwards it holds exactly the points the book holds."""
-        self._pass_end = self._db.execute("SELECT COALESCE(MAX(rowid), 0) FROM point_log").fetchone()[0]
+        self._pass_end = self._db.execute("SELECT COALESCE(MAX(rowid), 0) FROM point_batches").fetchone()[0]
         self._db.execute("BEGIN")
         try:
             self._compact(book, None)
         except BaseException:
-            self._db.execute("ROLLBACK")
+            self._rollback()
             raise
         self._db.execute("COMMIT")
 
+    def _append(self, streams: list[str], sessions: list[str], seqs: list[int], stamps: list[int],
+                energies: list[float]) -> None:
+        """Append one row of points (given column by column) to the log, inside the caller's transaction."""
+        self._db.execute(f"INSERT INTO point_batches ({_BATCH_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                         (len(streams), "\n".join(streams), "\n".join(sessions), _packed("q", seqs),
+                          _packed("q", stamps), _packed("d", energies)))
+        self._log_points += len(streams)
+
     def _compact(self, book: EnergyBook, limit: int | None) -> None:
-        """One slice of a compaction pass (all of it when limit is None), inside the caller's transaction."""
+        """One slice of a compaction pass (all of it when limit is None), inside the caller's transaction: whole
+        rows are walked until `limit` points are."""
         if not self._pass_end and not self._start_pass(book):
             return
-        rows = self._db.execute(f"SELECT rowid, {_POINT_COLUMNS} FROM point_log WHERE rowid <= ? ORDER BY rowid"
-                                + ("" if limit is None else " LIMIT ?"),
-                                (self._pass_end,) if limit is None else (self._pass_end, limit)).fetchall()
-        if not rows:
+        walked, last_row = 0, None
+        kept: tuple[list, ...] = ([], [], [], [], [])
+        holds = book.holds
+        rows = self._db.execute(f"SELECT rowid, {_BATCH_COLUMNS} FROM point_batches WHERE rowid <= ? ORDER BY rowid",
+                                (self._pass_end,))
+        for row in rows:
+            for saved in _unpack(row[1:]):
+                if holds(saved[0], saved[1], saved[2]):
+                    for column, value in zip(kept, saved):
+                        column.append(value)
+            walked += row[1]
+            last_row = row[0]
+            if limit is not None and walked >= limit:
+                break
+        rows.close()
+        if last_row is None:
             self._pass_end = 0
             return
-        holds = book.holds
-        kept = [row[1:] for row in rows if holds(_decode(row[1]), row[2], row[3])]
-        self._db.execute("DELETE FROM point_log WHERE rowid <= ?", (rows[-1][0],))
-        self._db.executemany(f"INSERT INTO point_log ({_POINT_COLUMNS}) VALUES (?, ?, ?, ?, ?)", kept)
-        if rows[-1][0] >= self._pass_end:
+        self._db.execute("DELETE FROM point_batches WHERE rowid <= ?", (last_row,))
+        self._log_points -= walked
+        if kept[0]:
+            self._append(*kept)
+        if last_row >= self._pass_end:
             self._pass_end = 0
 
     def _start_pass(self, book: EnergyBook) -> bool:
         """Start a pass when more than half the log is points the book dropped. The book's points are counted
         only when the log has doubled since they last were (a count walks every stream)."""
-        first, last = self._db.execute(  # one MIN or MAX per SELECT: SQLite reads it off the b-tree, no scan
-            "SELECT (SELECT MIN(rowid) FROM point_log), (SELECT MAX(rowid) FROM point_log)").fetchone()
-        rows = 0 if first is None else last - first + 1  # compaction deletes only from the head: no holes
-        if rows < self._next_check_rows:
+        if self._log_points < self._next_check_points:
             return False
         held = book.held_points()
-        self._next_check_rows = max(COMPACT_MIN_ROWS, 2 * held)
-        if rows < self._next_check_rows:
+        self._next_check_points = max(COMPACT_MIN_POINTS, 2 * held)
+        if self._log_points < self._next_check_points:
             return False
-        self._pass_end = last
+        self._pass_end = self._db.execute("SELECT COALESCE(MAX(rowid), 0) FROM point_batches").fetchone()[0]
         return True
+
+    def _convert(self, table: str) -> None:
+        """Move the points of an earlier layout (one row per point) into the log, and drop its table."""
+        self._db.execute("BEGIN")
+        try:
+            rows = self._db.execute(f"SELECT stream, session, seq, ts_ms, energy_j FROM {table}")
+            while chunk := rows.fetchmany(_CONVERTED_PER_BATCH):
+                self._append(*(list(column) for column in zip(*chunk)))
+            self._db.execute(f"DROP TABLE {table}")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _rollback(self) -> None:
+        self._db.execute("ROLLBACK")
+        self._log_points = self._count_log_points()
+        self._pass_end = 0
+
+    def _count_log_points(self) -> int:
+        return self._db.execute("SELECT COALESCE(SUM(points), 0) FROM point_batches").fetchone()[0]
 
     def close(self) -> None:
         self._db.close()
@@ -178,13 +234,36 @@ class StateStore:
         return row[0] if row else 0
 
 
+def _packed(typecode: str, values: list) -> bytes:
+    """Numbers as little-endian int64 ("q") or float64 ("d") bytes."""
+    packed = array(typecode, values)
+    if sys.byteorder == "big":
+        packed.byteswap()
+    return packed.tobytes()
+
+
+def _unpacked(typecode: str, data: bytes) -> array:
+    numbers = array(typecode)
+    numbers.frombytes(data)
+    if sys.byteorder == "big":
+        numbers.byteswap()
+    return numbers
+
+
+def _unpack(batch: tuple) -> zip:
+    """The points of one log row (its columns, `points` first), as SavedPoint tuples."""
+    _count, streams, sessions, seqs, stamps, energies = batch
+    return zip(streams.split("\n"), sessions.split("\n"), _unpacked("q", seqs), _unpacked("q", stamps),
+               _unpacked("d", energies))
+
+
 @lru_cache(maxsize=_ENCODED_MAX)
 def _encode(key: tuple) -> str:
-    """A stream or scope key as stored; cached, since the same streams save again and again."""
+    """An accumulator's scope as stored; cached, since the same racks save again and again."""
     return _SEP.join(str(part) for part in key)
 
 
 @lru_cache(maxsize=_ENCODED_MAX)
 def _decode(text: str) -> tuple[str, ...]:
-    """A stored stream or scope key as the book's tuple; cached, since compaction reads the same streams."""
+    """A stored scope as the book's tuple."""
     return tuple(text.split(_SEP))

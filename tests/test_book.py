@@ -28,8 +28,8 @@ H01 = INDEX.host("dc1", "hall-a", "r01", "h01")
 H02 = INDEX.host("dc1", "hall-a", "r01", "h02")
 UTILITY = INDEX.meter("dc1", "facility", "main", "utility-1")
 PV = INDEX.meter("dc1", "facility", "main", "pv-1")
-H01_STREAM = ("host", "dc1", "hall-a", "r01", "h01")
-UTILITY_STREAM = ("meter", "dc1", "utility-1")
+H01_STREAM = "host\x1fdc1\x1fhall-a\x1fr01\x1fh01"
+UTILITY_STREAM = "meter\x1fdc1\x1futility-1"
 
 
 def rack(start: int) -> tuple:

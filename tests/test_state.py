@@ -31,8 +31,8 @@ INDEX = SiteIndex(SiteConfig.model_validate(yaml.safe_load(SITE_YAML)))
 H01 = INDEX.host("dc1", "hall-a", "r01", "h01")
 H02 = INDEX.host("dc1", "hall-a", "r01", "h02")
 UTILITY = INDEX.meter("dc1", "facility", "main", "utility-1")
-H01_STREAM = ("host", "dc1", "hall-a", "r01", "h01")
-UTILITY_STREAM = ("meter", "dc1", "utility-1")
+H01_STREAM = "host\x1fdc1\x1fhall-a\x1fr01\x1fh01"
+UTILITY_STREAM = "meter\x1fdc1\x1futility-1"
 KEEP = 4
 
 
@@ -160,14 +160,14 @@ def test_saving_an_accumulator_again_replaces_its_value(tmp_path):
 # ---------------------------------------------------------------------------------------------------------------
 
 def saved_points(path) -> dict[tuple[str, str], list[int]]:
-    db = sqlite3.connect(path)
+    store = StateStore(path)
     try:
         found: dict[tuple[str, str], list[int]] = {}
-        for stream, session, seq in db.execute("SELECT stream, session, seq FROM point_log ORDER BY stream, session, seq"):
+        for stream, session, seq, _ts_ms, _energy_j in sorted(store.saved_points()):
             found.setdefault((stream.split("\x1f")[-1], session), []).append(seq)
         return found
     finally:
-        db.close()
+        store.close()
 
 
 def test_compaction_keeps_each_session_s_earliest_and_newest_points_and_drops_forgotten_sessions(tmp_path):
@@ -213,7 +213,7 @@ def test_a_session_newer_than_the_cut_off_is_kept_whole_up_to_keep(tmp_path):
 
 def test_the_point_log_stays_bounded_and_restores_the_book_after_every_flush(tmp_path, monkeypatch):
     """What the service does: every save compacts a slice. Small thresholds make passes start and end often."""
-    monkeypatch.setattr(state, "COMPACT_MIN_ROWS", 20)
+    monkeypatch.setattr(state, "COMPACT_MIN_POINTS", 20)
     monkeypatch.setattr(state, "COMPACT_MIN_SLICE", 4)
     path = tmp_path / "state.db"
     store = StateStore(path)
@@ -253,7 +253,7 @@ arrivals = st.lists(st.one_of(st.none(), st.tuples(st.sampled_from(["h01", "util
 def test_whatever_arrives_and_whenever_it_is_saved_the_log_restores_the_book(history, keep):
     """Late, duplicated and restarted streams, saved at random moments with compaction slices of 3 rows once the
     log holds 8: a restart at the end restores the book, and a full compaction leaves exactly its points."""
-    with tempfile.TemporaryDirectory() as folder, mock.patch.object(state, "COMPACT_MIN_ROWS", 8), \
+    with tempfile.TemporaryDirectory() as folder, mock.patch.object(state, "COMPACT_MIN_POINTS", 8), \
             mock.patch.object(state, "COMPACT_MIN_SLICE", 3), mock.patch.object(state, "COMPACT_PER_APPENDED", 1):
         path = Path(folder) / "state.db"
         store = StateStore(path)
@@ -274,7 +274,7 @@ def test_whatever_arrives_and_whenever_it_is_saved_the_log_restores_the_book(his
         assert rows(again) == rows(book)
         store.compact(book)
         store.close()
-        held = {(stream[-1], session): sorted([*(p.seq for p in kept), *(
+        held = {(stream.split("\x1f")[-1], session): sorted([*(p.seq for p in kept), *(
                     [s.earliest[session].seq] if session in s.earliest else [])])
                 for stream, s in book.streams.items() for session, kept in s.sessions.items()}
         assert saved_points(path) == held
@@ -335,7 +335,7 @@ def test_names_that_look_like_numbers_survive_the_round_trip_as_strings(tmp_path
     store.close()
     again, _ = restored(tmp_path / "state.db", keep=16, index=index)
     assert rows(again) == rows(book)
-    assert set(again.streams) == {("host", "0042", "10", "01", "01"), ("meter", "0042", "1e3")}
+    assert set(again.streams) == {"host\x1f0042\x1f10\x1f01\x1f01", "meter\x1f0042\x1f1e3"}
     for key in again.accumulators:
         assert all(isinstance(part, str) for part in key[:-1]) and isinstance(key[-1], int), key
     assert ("rack", "0042", "10", "01", T + BIN_MS) in again.accumulators
@@ -429,3 +429,39 @@ def test_a_state_from_before_line_epochs_and_the_point_log_loads_whole(tmp_path)
     assert book.holds(H01_STREAM, "s-h01-a", 0)
     assert saved_points(path) == {("h01", "s-h01-a"): [0]}
     assert book.accumulators[("rack", "dc1", "hall-a", "r01", T)].as_row() == (1.0, 2.0, 3.0, 4.0, 0.0, 0.0)
+
+
+def test_a_state_with_one_row_per_point_is_converted_to_the_batched_log(tmp_path):
+    """The layout before batches: table point_log, one row per point. Its points move to the log, and the
+    restored book is the one that was saved."""
+    path = tmp_path / "state.db"
+    book = EnergyBook(INDEX, keep_points=KEEP)
+    for seq in range(6):
+        book.add_host_point(H01, h01_point(seq), None)
+        book.add_meter_point(UTILITY, Point("s-utility-a", seq, T + seq * MIN, seq * 54_000.0))
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE point_log (stream TEXT NOT NULL, session TEXT NOT NULL, seq INTEGER NOT NULL, "
+               "ts_ms INTEGER NOT NULL, energy_j REAL NOT NULL)")
+    db.executemany("INSERT INTO point_log VALUES (?, ?, ?, ?, ?)",
+                   [(stream, *point) for stream, point in book.take_new_points()])
+    db.commit()
+    db.close()
+    again, (points, _) = restored(path)
+    assert points == 12  # all that was saved; the book holds each session's earliest and newest KEEP of them
+    assert stream_states(again) == stream_states(book)
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT name FROM sqlite_master WHERE name = 'point_log'").fetchall() == []
+    db.close()
+
+
+def test_saved_numbers_come_back_bit_for_bit(tmp_path):
+    """Seqs and times up to int64, energies with every bit of their float, through the packed columns."""
+    path = tmp_path / "state.db"
+    store = StateStore(path)
+    saved = [(H01_STREAM, Point("s-h01-a", 2**63 - 1, 2**62 + 3, 0.1 + 0.2)),
+             (UTILITY_STREAM, Point("s-utility-a", 0, 1, 1e18 / 3))]
+    store.save(saved, {})
+    store.close()
+    again = StateStore(path)
+    assert list(again.saved_points()) == [(stream, *point) for stream, point in saved]
+    again.close()

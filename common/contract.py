@@ -127,7 +127,7 @@ class HostStats(_Strict):
 class Sample(_Strict):
     """Everything one sender measured for one interval ending at ts_ms."""
 
-    seq: int = Field(ge=0, description="per session, +1 per sample")
+    seq: int = Field(ge=0, le=MAX_INT64, description="per session, +1 per sample")
     ts_ms: int = Field(gt=0, description="end of the interval, Unix epoch milliseconds, sender's clock")
     interval_s: float = Field(gt=0, le=MAX_INTERVAL_S)
     readings: list[Reading] = Field(max_length=MAX_READINGS_PER_SAMPLE)

@@ -318,6 +318,17 @@ def test_types_are_strict_so_a_string_or_bool_is_not_taken_for_a_number(seq) -> 
     assert caught.value.reason == "schema"
 
 
+def test_a_seq_beyond_int64_is_out_of_range() -> None:
+    """The collector stores seq as a 64-bit integer: a larger one is refused at the door, not met at the save."""
+    body = batch_dict()
+    body["samples"][0]["seq"] = 2**63 - 1
+    assert decode_batch(payload(body)).samples[0].seq == 2**63 - 1
+    body["samples"][0]["seq"] = 2**63
+    with pytest.raises(ContractError) as caught:
+        decode_batch(payload(body))
+    assert caught.value.reason == "out-of-range"
+
+
 @pytest.mark.parametrize("bad_id", ["gpu\\", "a b", "line\nbreak", "x,y", "k=v"])
 def test_reading_ids_are_safe_to_store(bad_id) -> None:
     """A reading id becomes a database tag: characters that line protocol cannot carry are refused here."""

@@ -113,7 +113,7 @@ class EnergyBook:
         """Another session of the same stream whose known span contains ts_ms: two senders claiming one
         device (a cloned agent), whose energies must not both be counted."""
         state = self.streams.get(stream)
-        if state is None:
+        if state is None or (len(state.sessions) == 1 and session in state.sessions):  # the usual: no other
             return None
         for other, kept in state.sessions.items():
             if other != session and kept:

@@ -118,31 +118,32 @@ class BufferedClient(paho.Client):
                     break
             else:
                 break
-            if body + length > end or not self._deliver(buffer[at], buffer[body:body + length]):
+            if body + length > end or not self._deliver(buffer[at], buffer, body, body + length):
                 break
             self._read_at = body + length
             handled += 1
         return handled
 
-    def _deliver(self, header: int, packet: bytes) -> bool:
-        """Hand a QoS 1 PUBLISH to on_samples; False (nothing done) for one with MQTT 5 properties or a topic
-        that is not UTF-8, which paho then handles."""
-        topic_end = 2 + int.from_bytes(packet[0:2], "big")
-        payload_start = topic_end + (3 if self._protocol == paho.MQTTv5 else 2)
-        if payload_start > len(packet) or (self._protocol == paho.MQTTv5 and packet[topic_end + 2]):
+    def _deliver(self, header: int, buffer: bytes, start: int, end: int) -> bool:
+        """Hand the QoS 1 PUBLISH whose variable header and payload are buffer[start:end] to on_samples; False
+        (nothing done) for one with MQTT 5 properties or a topic that is not UTF-8, which paho then handles."""
+        topic_end = start + 2 + (buffer[start] << 8 | buffer[start + 1]) if start + 2 <= end else end + 1
+        mqtt5 = self._protocol == paho.MQTTv5
+        payload_start = topic_end + (3 if mqtt5 else 2)
+        if payload_start > end or (mqtt5 and buffer[topic_end + 2]):
             return False
         try:
-            topic = packet[2:topic_end].decode()
+            topic = buffer[start + 2:topic_end].decode()
         except UnicodeDecodeError:
             return False
-        self.on_samples(topic, packet[payload_start:], int.from_bytes(packet[topic_end:topic_end + 2], "big"),
+        self.on_samples(topic, buffer[payload_start:end], buffer[topic_end] << 8 | buffer[topic_end + 1],
                         bool(header & 0x01))
         return True
 
     def _handle_publish(self) -> paho.MQTTErrorCode:
         header, packet = self._in_packet["command"], self._in_packet["packet"]
         if self.on_samples is None or (header & 0x06) != 0x02 or not self._manual_ack \
-                or not self._deliver(header, bytes(packet)):
+                or not self._deliver(header, bytes(packet), 0, len(packet)):
             return super()._handle_publish()
         return paho.MQTT_ERR_SUCCESS
 

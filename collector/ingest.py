@@ -226,8 +226,9 @@ class Ingest:
 
     def _host_lines(self, host: HostInfo, series: str, sample: Sample, server: Reading, gpus: list[Reading]
                     ) -> list[str]:
-        packages, psys, dram = [], [], []
+        packages, psys, dram = (), (), ()
         if len(sample.readings) > 1 + len(gpus):  # more than the server input and the GPUs: one pass over them
+            packages, psys, dram = [], [], []
             by_component = {Component.CPU_PACKAGE: packages, Component.PSYS: psys, Component.DRAM: dram}
             for reading in sample.readings:
                 found = by_component.get(reading.component)
@@ -249,7 +250,7 @@ class Ingest:
             fields["gpus"] = len(gpus)
             fields["gpus_lost"] = sum(r.state == "lost" for r in gpus) or None
         lines = []
-        if any(value is not None for value in fields.values()):
+        if server.power_w is not None or any(value is not None for value in fields.values()):
             lines.append(lineproto.point(series, fields, sample.ts_ms))
         for gpu in gpus:
             self.devices.gpu_limit_ratio[(host.site, host.room, host.rack, host.device, gpu.id)] = (

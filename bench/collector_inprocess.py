@@ -36,7 +36,8 @@ from collector.config import CollectorConfig  # noqa: E402
 from collector.report import Reporter, site_factors  # noqa: E402
 from collector.site import SiteIndex, load_site_config  # noqa: E402
 from collector.state import StateStore  # noqa: E402
-from collector.book import EnergyBook  # noqa: E402
+from collector.accounting import BIN_MS  # noqa: E402
+from collector.book import Accumulator, EnergyBook  # noqa: E402
 from collector.ingest import Ingest, Limits  # noqa: E402
 from simulator.model import meters  # noqa: E402
 
@@ -82,8 +83,9 @@ class CountingClient:
         return None
 
 
-def build(hosts: int, gpus: int, folder: Path) -> service.Collector:
-    """A Collector that connects nowhere: real ingest, book, reporter and state; counting output and client."""
+def build(hosts: int, gpus: int, folder: Path, history_days: float = 0.0, now_ms: int = 0) -> service.Collector:
+    """A Collector that connects nowhere: real ingest, book, reporter and state; counting output and client.
+    history_days: the state holds that many days of rack and site bins before now_ms, as after that long a run."""
     scenario = sp.bench_scenario(hosts, gpus)
     site_path = folder / "site.yaml"
     bench.write_site_config(site_path, scenario)
@@ -96,6 +98,8 @@ def build(hosts: int, gpus: int, folder: Path) -> service.Collector:
     c.index = SiteIndex(site_config)
     c.book = EnergyBook(c.index, config.state.keep_points)
     c.store = StateStore(folder / "state" / "state.db")
+    if history_days:
+        save_history(c.store, c.index, history_days, now_ms)
     c.store.load_into(c.book)
     c.ingest = Ingest(c.index, c.book, config.mqtt.topic_root, Limits(**config.limits.model_dump()),
                       int(config.ingest.raw_resolution_s * 1000))
@@ -107,6 +111,17 @@ def build(hosts: int, gpus: int, folder: Path) -> service.Collector:
     c._last_logged = {}
     c._dead_letters_this_second = c._dead_letter_second = 0
     return c
+
+
+def save_history(store: StateStore, index: SiteIndex, days: float, now_ms: int) -> None:
+    """Save the rack and site (hosts) accumulators of every 15-minute bin of `days` days before now_ms, a day
+    per transaction."""
+    scopes = sorted({("rack", h.site, h.room, h.rack) for s in index.sites for h in index.expected_hosts(s.id)})
+    scopes += [("hosts", s.id) for s in index.sites]
+    last_bin = now_ms - now_ms % BIN_MS - BIN_MS
+    bins = [last_bin - k * BIN_MS for k in range(int(days * 86_400_000 // BIN_MS))]
+    for day in range(0, len(bins), 96):
+        store.save([], {(*scope, start): Accumulator(1.0, 1.0) for start in bins[day:day + 96] for scope in scopes})
 
 
 def wrap(timings: dict[str, list[float]], label: str, owner, name: str) -> None:
@@ -136,21 +151,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=5000, help="messages per flush (the collector's max_batch)")
     p.add_argument("--stages", action="store_true", help="time each stage (slightly slower)")
     p.add_argument("--profile", help="write a cProfile of the measured flushes here")
+    p.add_argument("--history-days", type=float, default=0.0,
+                   help="start from a state holding this many days of rack and site bins (the collector keeps 9)")
     args = p.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="dcem-inprocess-") as tmp:
         t = time.perf_counter()
-        c = build(args.hosts, args.gpus, Path(tmp))
         scenario = sp.bench_scenario(args.hosts, args.gpus)
         devices = args.hosts + len(meters(scenario))
         total = devices * args.cycles
         begin_ms = int(time.time() * 1000) - int(total / args.rate * 1000) - 1000
+        c = build(args.hosts, args.gpus, Path(tmp), args.history_days, begin_ms)
         site = sp.SimulatedSite(scenario, sp.publish_order(devices, "random"), begin_ms - 1)
         messages = []
         for k in range(total):
             topic, payload = site.message(k % devices, begin_ms + int(k * 1000 / args.rate))
             messages.append((topic, payload, k % 65535 + 1, 1, False))
-        print(f"built a site of {args.hosts} hosts and {total} messages in {time.perf_counter() - t:.1f} s", flush=True)
+        print(f"built a site of {args.hosts} hosts and {total} messages"
+              + (f", with {args.history_days:g} days of bins in the state" if args.history_days else "")
+              + f" in {time.perf_counter() - t:.1f} s", flush=True)
 
         batches = [messages[i:i + args.batch] for i in range(0, total, args.batch)]
         first_cycle = -(-devices // args.batch)
@@ -195,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         c.store.close()
     print(f"RESULT us_per_msg={spent / measured * 1e6:.1f} points_per_msg={points / measured:.3f} "
           f"messages={measured} rejected={rejected} hosts={args.hosts} gpus={args.gpus} batch={args.batch} "
-          f"stages={'yes' if args.stages else 'no'} profiled={'yes' if args.profile else 'no'}", flush=True)
+          f"stages={'yes' if args.stages else 'no'} profiled={'yes' if args.profile else 'no'} "
+          f"history_days={args.history_days:g}", flush=True)
     return 0 if rejected == 0 else 1
 
 

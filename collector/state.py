@@ -37,17 +37,23 @@ from pathlib import Path
 from collector.accounting import Point
 from collector.book import Accumulator, AccumulatorKey, EnergyBook
 from collector.site import STREAM_SEPARATOR as _SEP
+
+# Accumulators are keyed bin first: a flush changes the current bin of thousands of racks, whose rows then sit side
+# by side on a few pages. Keyed scope first (before), each rack's current row sat among its days of older bins, and
+# a flush rewrote one page per rack: 12 µs per row instead of 1.7 with 9 days of 5,000 racks' bins.
+_ACCUMULATORS_TABLE = """
+CREATE TABLE IF NOT EXISTS {name} (
+    scope TEXT NOT NULL, bin_ms INTEGER NOT NULL,
+    energy_j REAL, covered_ms REAL, cpu_w REAL, cpu_n REAL, gpu_w REAL, gpu_n REAL,
+    line_epoch INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (bin_ms, scope)) WITHOUT ROWID;
+"""
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS point_batches (
     points INTEGER NOT NULL, streams TEXT NOT NULL, sessions TEXT NOT NULL,
     seqs BLOB NOT NULL, ts_ms BLOB NOT NULL, energies_j BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS accumulators (
-    scope TEXT NOT NULL, bin_ms INTEGER NOT NULL,
-    energy_j REAL, covered_ms REAL, cpu_w REAL, cpu_n REAL, gpu_w REAL, gpu_n REAL,
-    line_epoch INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (scope, bin_ms)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
-"""
+""" + _ACCUMULATORS_TABLE.format(name="accumulators")
 _ACCUMULATOR_COLUMNS = "scope, bin_ms, energy_j, covered_ms, cpu_w, cpu_n, gpu_w, gpu_n"
 _BATCH_COLUMNS = "points, streams, sessions, seqs, ts_ms, energies_j"
 _ROW_TABLES = ("points", "point_log")  # earlier layouts, one row per point: converted at open
@@ -73,9 +79,11 @@ class StateStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(f"PRAGMA wal_autocheckpoint={_WAL_AUTOCHECKPOINT_PAGES}")
         self._db.executescript(_SCHEMA)
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(accumulators)")}
+        columns = {row[1]: row[5] for row in self._db.execute("PRAGMA table_info(accumulators)")}  # name: pk
         if "line_epoch" not in columns:  # a state.db from before line epochs: every line was written
             self._db.execute("ALTER TABLE accumulators ADD COLUMN line_epoch INTEGER NOT NULL DEFAULT 0")
+        if columns["scope"] == 1:  # keyed (scope, bin_ms): see _ACCUMULATORS_TABLE
+            self._rekey_accumulators()
         self._written_epoch = self._meta("lines_written_epoch")
         self._holding = self._db.execute("SELECT 1 FROM accumulators WHERE line_epoch > ? LIMIT 1",
                                          (self._written_epoch,)).fetchone() is not None
@@ -213,6 +221,20 @@ class StateStore:
             while chunk := rows.fetchmany(_CONVERTED_PER_BATCH):
                 self._append(*(list(column) for column in zip(*chunk)))
             self._db.execute(f"DROP TABLE {table}")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _rekey_accumulators(self) -> None:
+        """Rebuild an accumulators table keyed scope first as _ACCUMULATORS_TABLE, keyed bin first."""
+        self._db.execute("BEGIN")
+        try:
+            self._db.execute(_ACCUMULATORS_TABLE.format(name="accumulators_rekeyed"))
+            self._db.execute(f"INSERT INTO accumulators_rekeyed ({_ACCUMULATOR_COLUMNS}, line_epoch) "
+                             f"SELECT {_ACCUMULATOR_COLUMNS}, line_epoch FROM accumulators")
+            self._db.execute("DROP TABLE accumulators")
+            self._db.execute("ALTER TABLE accumulators_rekeyed RENAME TO accumulators")
         except BaseException:
             self._db.execute("ROLLBACK")
             raise

@@ -429,6 +429,10 @@ def test_a_state_from_before_line_epochs_and_the_point_log_loads_whole(tmp_path)
     assert book.holds(H01_STREAM, "s-h01-a", 0)
     assert saved_points(path) == {("h01", "s-h01-a"): [0]}
     assert book.accumulators[("rack", "dc1", "hall-a", "r01", T)].as_row() == (1.0, 2.0, 3.0, 4.0, 0.0, 0.0)
+    db = sqlite3.connect(path)
+    keys = {name: pk for _, name, _, _, _, pk in db.execute("PRAGMA table_info(accumulators)")}
+    db.close()
+    assert (keys["bin_ms"], keys["scope"]) == (1, 2)  # rekeyed bin first
 
 
 def test_a_state_with_one_row_per_point_is_converted_to_the_batched_log(tmp_path):

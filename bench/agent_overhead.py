@@ -1,6 +1,6 @@
 """How much CPU and memory does dcem-agent use at 1 s sampling with 8 GPUs? (spec: < 1 % of one core, < 60 MB RSS)
 
-    /tmp/venv/bin/python bench/agent_overhead.py [--seconds 60] [--gpus 8] [--profile out.prof]
+    .venv/bin/python bench/agent_overhead.py [--seconds 60] [--gpus 8] [--profile out.prof]
 
 Runs the real agent (bench/agent_with_fake_gpus.py: the dcem-agent command with a fake NVML driving busy GPUs
 and the fake package-only powercap tree) against a real mosquitto on a free loopback port, checks that

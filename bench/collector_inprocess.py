@@ -1,7 +1,7 @@
 """The collector's per-message cost without MQTT or a database: the real `Collector.flush` over the site
 simulator's messages, in one process, timed per stage.
 
-    /tmp/venv/bin/python bench/collector_inprocess.py [--hosts 200000] [--cycles 3] [--batch 5000] [--stages]
+    .venv/bin/python bench/collector_inprocess.py [--hosts 200000] [--cycles 3] [--batch 5000] [--stages]
                                                       [--profile FILE]
 
 The site and its messages are the throughput benchmark's (bench/stream_publisher.py: the simulator's scenario,
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gpus", type=int, default=0)
     p.add_argument("--rate", type=float, default=20_000, help="messages/s of simulated time")
     p.add_argument("--cycles", type=int, default=3, help="publishing cycles (each device once per cycle)")
-    p.add_argument("--batch", type=int, default=5000, help="messages per flush (the collector's max_batch)")
+    p.add_argument("--batch", type=int, default=10_000, help="messages per flush (the collector's default max_batch)")
     p.add_argument("--stages", action="store_true", help="time each stage (slightly slower)")
     p.add_argument("--profile", help="write a cProfile of the measured flushes here")
     p.add_argument("--history-days", type=float, default=0.0,

@@ -4,7 +4,7 @@ Product spec target: at least 20,000 agent messages/s sustained at QoS 1 in ONE 
 stored at the per-host resolution, 10 s by default, plus site metrics), reported beside mosquitto_sub (the C
 client) receiving the same stream in the same run, with publish-to-stored latency p99 under 2 s.
 
-    /tmp/venv/bin/python bench/collector_throughput.py [--rate 20000] [--seconds 30] [--hosts 200000]
+    .venv/bin/python bench/collector_throughput.py [--rate 20000] [--seconds 30] [--hosts 200000]
                                                        [--db influxd|victoria-metrics] [--client paho|raw]
 
 One run, everything on loopback, in a temp folder, stopped at the end (also on Ctrl-C or SIGTERM):

@@ -83,7 +83,8 @@ class CountingClient:
         return None
 
 
-def build(hosts: int, gpus: int, folder: Path, history_days: float = 0.0, now_ms: int = 0) -> service.Collector:
+def build(hosts: int, gpus: int, folder: Path, batch: int, history_days: float = 0.0, now_ms: int = 0
+          ) -> service.Collector:
     """A Collector that connects nowhere: real ingest, book, reporter and state; counting output and client.
     history_days: the state holds that many days of rack and site bins before now_ms, as after that long a run."""
     scenario = sp.bench_scenario(hosts, gpus)
@@ -91,7 +92,7 @@ def build(hosts: int, gpus: int, folder: Path, history_days: float = 0.0, now_ms
     bench.write_site_config(site_path, scenario)
     config = CollectorConfig.model_validate({
         "site_config": str(site_path), "influx": {"api": "v1", "url": "http://127.0.0.1:9", "database": "x"},
-        "state": {"folder": str(folder / "state")}})
+        "state": {"folder": str(folder / "state")}, "ingest": {"max_batch": batch}})
     site_config = load_site_config(site_path)
     c = service.Collector.__new__(service.Collector)
     c.config = config
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         devices = args.hosts + len(meters(scenario))
         total = devices * args.cycles
         begin_ms = int(time.time() * 1000) - int(total / args.rate * 1000) - 1000
-        c = build(args.hosts, args.gpus, Path(tmp), args.history_days, begin_ms)
+        c = build(args.hosts, args.gpus, Path(tmp), args.batch, args.history_days, begin_ms)
         site = sp.SimulatedSite(scenario, sp.publish_order(devices, "random"), begin_ms - 1)
         messages = []
         for k in range(total):

@@ -314,7 +314,7 @@ def _utilisation(sample: Sample, gpus: list[Reading]) -> Utilisation | None:
     cpu = sample.host.cpu_util if sample.host else None
     if cpu is None and not gpu_utils:
         return None
-    return Utilisation(cpu=cpu, gpu=sum(gpu_utils) / len(gpu_utils) if gpu_utils else None, seconds=sample.interval_s)
+    return Utilisation(cpu, sum(gpu_utils) / len(gpu_utils) if gpu_utils else None, sample.interval_s)  # cpu, gpu, s
 
 
 def _host_tags(host: HostInfo) -> dict[str, str]:

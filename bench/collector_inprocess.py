@@ -1,8 +1,8 @@
 """The collector's per-message cost without MQTT or a database: the real `Collector.flush` over the site
 simulator's messages, in one process, timed per stage.
 
-    .venv/bin/python bench/collector_inprocess.py [--hosts 200000] [--cycles 3] [--batch 5000] [--stages]
-                                                      [--profile FILE]
+    .venv/bin/python bench/collector_inprocess.py [--hosts 200000] [--cycles 3] [--batch 10000] [--stages]
+                                                  [--profile FILE] [--history-days 9]
 
 The site and its messages are the throughput benchmark's (bench/stream_publisher.py: the simulator's scenario,
 each device once per cycle in a fixed shuffle, at --rate messages/s of simulated time ending now, so the

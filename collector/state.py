@@ -31,6 +31,7 @@ import sqlite3
 import sys
 from array import array
 from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -103,8 +104,7 @@ class StateStore:
         against it in the same transaction (see the module's docstring); no compaction without it."""
         epoch = self._written_epoch + (1 if self._holding or not lines_written else 0)
         accumulator_rows = [(_encode(key[:-1]), key[-1], *acc.as_row(), epoch) for key, acc in accumulators.items()]
-        self._db.execute("BEGIN")
-        try:
+        with self._transaction():
             if points:
                 self._append([stream for stream, _ in points], [p.session for _, p in points],
                              [p.seq for _, p in points], [p.ts_ms for _, p in points],
@@ -115,10 +115,6 @@ class StateStore:
                                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", accumulator_rows)
             if lines_written and epoch != self._written_epoch:
                 self._db.execute("INSERT OR REPLACE INTO meta VALUES ('lines_written_epoch', ?)", (epoch,))
-        except BaseException:
-            self._rollback()
-            raise
-        self._db.execute("COMMIT")
         self._holding = not lines_written
         if lines_written:
             self._written_epoch = epoch
@@ -155,13 +151,8 @@ class StateStore:
     def compact(self, book: EnergyBook) -> None:
         """Compact the whole point log now: afterwards it holds exactly the points the book holds."""
         self._pass_end = self._db.execute("SELECT COALESCE(MAX(rowid), 0) FROM point_batches").fetchone()[0]
-        self._db.execute("BEGIN")
-        try:
+        with self._transaction():
             self._compact(book, None)
-        except BaseException:
-            self._rollback()
-            raise
-        self._db.execute("COMMIT")
 
     def _append(self, streams: list[str], sessions: list[str], seqs: list[int], stamps: list[int],
                 energies: list[float]) -> None:
@@ -215,35 +206,33 @@ class StateStore:
 
     def _convert(self, table: str) -> None:
         """Move the points of an earlier layout (one row per point) into the log, and drop its table."""
-        self._db.execute("BEGIN")
-        try:
+        with self._transaction():
             rows = self._db.execute(f"SELECT stream, session, seq, ts_ms, energy_j FROM {table}")
             while chunk := rows.fetchmany(_CONVERTED_PER_BATCH):
                 self._append(*(list(column) for column in zip(*chunk)))
             self._db.execute(f"DROP TABLE {table}")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
 
     def _rekey_accumulators(self) -> None:
         """Rebuild an accumulators table keyed scope first as _ACCUMULATORS_TABLE, keyed bin first."""
-        self._db.execute("BEGIN")
-        try:
+        with self._transaction():
             self._db.execute(_ACCUMULATORS_TABLE.format(name="accumulators_rekeyed"))
             self._db.execute(f"INSERT INTO accumulators_rekeyed ({_ACCUMULATOR_COLUMNS}, line_epoch) "
                              f"SELECT {_ACCUMULATOR_COLUMNS}, line_epoch FROM accumulators")
             self._db.execute("DROP TABLE accumulators")
             self._db.execute("ALTER TABLE accumulators_rekeyed RENAME TO accumulators")
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """Commit what the block does, or roll it back (and the log's point count and compaction pass with it)."""
+        self._db.execute("BEGIN")
+        try:
+            yield
         except BaseException:
             self._db.execute("ROLLBACK")
+            self._log_points = self._count_log_points()
+            self._pass_end = 0
             raise
         self._db.execute("COMMIT")
-
-    def _rollback(self) -> None:
-        self._db.execute("ROLLBACK")
-        self._log_points = self._count_log_points()
-        self._pass_end = 0
 
     def _count_log_points(self) -> int:
         return self._db.execute("SELECT COALESCE(SUM(points), 0) FROM point_batches").fetchone()[0]

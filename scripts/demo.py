@@ -69,6 +69,7 @@ def run(folder: Path, hours: float, step_s: int) -> int:
         sent = publish_with_progress(scenario, begin, broker.port)
         step(f"{sent} messages published; waiting for the collector to account them")
         wait_until_counted(db, scenario.site, begin, hours)
+        wait_for_local_power(db)
         report(db, scenario, begin)
         return 0
     finally:
@@ -169,6 +170,17 @@ def wait_until_counted(db: InfluxV1Writer, site: str, begin: int, hours: float, 
             return
         time.sleep(1)
     step(f"only {found} of {bins} bins complete after {timeout_s:.0f} s; showing what is there")
+
+
+def wait_for_local_power(db: InfluxV1Writer, timeout_s: float = 20) -> None:
+    """Wait until this machine's agent has a raw point with its server input. The first one stored is often its
+    session's first sample, which has no power yet (power needs an interval): the next 10 s slot has."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = query(db, "SELECT count(server_input_w) AS n FROM host WHERE site='local'")
+        if found and found[0]["n"]:
+            return
+        time.sleep(1)
 
 
 def report(db: InfluxV1Writer, scenario, begin: int) -> None:

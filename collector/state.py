@@ -8,7 +8,7 @@ Points go to an append-only log (`point_batches`, in arrival order), one row per
 in columns (streams and sessions as newline-separated text, seq and ts_ms as little-endian int64, energy_j as
 float64): a flush appends one row of a few pages, instead of one row per point all over a table keyed by stream.
 The log is compacted as it grows, a bounded slice per save: once it holds more than twice the points the book holds
-(and at least `COMPACT_MIN_ROWS` points), a pass walks the rows that existed when it began, oldest first, until it
+(and at least `COMPACT_MIN_POINTS`), a pass walks the rows that existed when it began, oldest first, until it
 has walked `COMPACT_PER_APPENDED` points per new point (at least `COMPACT_MIN_SLICE`); the points the book still
 holds (`EnergyBook.holds`: each session's earliest and newest `keep` points, sessions not yet forgotten) are
 appended again as one row, and the walked rows are deleted. So the log holds the book's points plus at most about

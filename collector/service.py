@@ -128,7 +128,9 @@ class BufferedClient(paho.Client):
     def _deliver(self, header: int, buffer: bytes, start: int, end: int) -> bool:
         """Hand the QoS 1 PUBLISH whose variable header and payload are buffer[start:end] to on_samples; False
         (nothing done) for one with MQTT 5 properties or a topic that is not UTF-8, which paho then handles."""
-        topic_end = start + 2 + (buffer[start] << 8 | buffer[start + 1]) if start + 2 <= end else end + 1
+        if end - start < 2:
+            return False
+        topic_end = start + 2 + (buffer[start] << 8 | buffer[start + 1])
         mqtt5 = self._protocol == paho.MQTTv5
         payload_start = topic_end + (3 if mqtt5 else 2)
         if payload_start > end or (mqtt5 and buffer[topic_end + 2]):

@@ -150,7 +150,7 @@ class StateStore:
 
     def compact(self, book: EnergyBook) -> None:
         """Compact the whole point log now: afterwards it holds exactly the points the book holds."""
-        self._pass_end = self._db.execute("SELECT COALESCE(MAX(rowid), 0) FROM point_batches").fetchone()[0]
+        self._pass_end = self._last_row()
         with self._transaction():
             self._compact(book, None)
 
@@ -201,7 +201,7 @@ class StateStore:
         self._next_check_points = max(COMPACT_MIN_POINTS, 2 * held)
         if self._log_points < self._next_check_points:
             return False
-        self._pass_end = self._db.execute("SELECT COALESCE(MAX(rowid), 0) FROM point_batches").fetchone()[0]
+        self._pass_end = self._last_row()
         return True
 
     def _convert(self, table: str) -> None:
@@ -233,6 +233,10 @@ class StateStore:
             self._pass_end = 0
             raise
         self._db.execute("COMMIT")
+
+    def _last_row(self) -> int:
+        """The log's newest row (0 when empty)."""
+        return self._db.execute("SELECT COALESCE(MAX(rowid), 0) FROM point_batches").fetchone()[0]
 
     def _count_log_points(self) -> int:
         return self._db.execute("SELECT COALESCE(SUM(points), 0) FROM point_batches").fetchone()[0]

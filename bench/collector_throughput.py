@@ -13,7 +13,8 @@ One run, everything on loopback, in a temp folder, stopped at the end (also on C
    40, rooms of 100 racks, the simulator's utility, UPS-output and cooling meters) and the collector's site
    config for it (simulator.site_config);
 2. mosquitto (no persistence unless --broker-persistence; max_queued_messages above the whole stream), and
-   influxd 1.6.7 (database created; collector on the v1 API) or VictoriaMetrics (collector on the v2 API);
+   influxd 1.6.7 set up for a large fleet (database created; collector on the v1 API) or VictoriaMetrics
+   (collector on the v2 API);
 3. the real collector as a subprocess, `python -m collector.cli --config <toml>` with the product's ingest
    defaults and collector_stats every second (`--profile FILE` or DCEM_BENCH_PROFILE=FILE runs it under
    cProfile and prints where the time goes);
@@ -22,7 +23,7 @@ One run, everything on loopback, in a temp folder, stopped at the end (also on C
    and energy from simulator.model), --rate messages/s for --seconds s, each device once every
    (hosts + meters)/rate s, QoS 1 with bounded in-flight publishes; they start together once all are ready;
 6. while it runs: InfluxDB is polled for the raw `host` points of a few probe racks (publish-to-stored latency:
-   first seen minus the ts_ms the publisher put in the payload, which is its wall clock at publish), and the
+   first seen minus the ts_ms the publisher put in the payload, the message's scheduled publish time), and the
    collector's collector_stats (messages, accepted, rejected, written_lines) for progress;
 7. the collector drains its backlog (bounded by --drain-timeout), then everything is stopped and counted:
    sent (publishers' PUBACKs) vs received by mosquitto_sub vs accepted by the collector vs raw points stored.
@@ -534,7 +535,7 @@ def execute(run: Run) -> dict:
             raise RuntimeError(f"mosquitto_sub did not subscribe: {sub_out.read_text()[-500:]}")
         time.sleep(0.02)
 
-    # 5. publishers (started with the collector, they compute the site's step powers meanwhile), then all
+    # 5. publishers (started with the collector, they build every message of the run meanwhile), then all
     # started together at start_at once every one is ready
     while not all(path.exists() and "ready" in path.read_text(errors="replace") for _, path in pub_errs):
         for p, err_path in pub_errs:

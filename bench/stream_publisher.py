@@ -30,7 +30,7 @@ seconds while publishing, `meter_messages`, and `same_slot`: messages scheduled 
 slot as their device's previous one, which the collector accounts but by design does not store as raw readings.
 
 Start-up: the process builds the site, the step powers of the run and every message (about 2 s for 200,000
-hosts, plus about 6 s per 1,000,000 messages), connects, prints `ready` on stderr and waits for `--start-file`
+hosts, plus about 15 s per million messages), connects, prints `ready` on stderr and waits for `--start-file`
 to hold the wall-clock start time (or starts at `--start-at`). Several processes can share the load (`--procs P
 --proc-index p`: process p publishes every P-th device of the publishing order, starting at the p-th, at rate
 R/P). `--client raw` sends the built packets on a plain socket (RawTransport), a memory copy per burst;

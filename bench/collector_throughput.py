@@ -68,6 +68,7 @@ TARGET_P99_S = 2.0
 SUB_TOPIC = f"{sp.TOPIC_ROOT}/v1/+/+/+/+/samples"
 READY_TOPIC = "bench/ready"
 DATABASE = "dcem"
+STATS_INTERVAL_S = 1.0  # the collector's collector_stats interval in the benchmark
 
 
 class Interrupted(Exception):
@@ -134,15 +135,16 @@ class BenchInfluxd(Influxd):
 
     def engine_counts(self, database: str) -> dict[str, int]:
         """What influxd's storage engine did for `database` so far, from /debug/vars: cache snapshots written to
-        TSM files and TSM compactions (every level, full and optimize)."""
+        TSM files, the time spent writing them (ns), and TSM compactions (every level, full and optimize)."""
         with urllib.request.urlopen(f"{self.url}/debug/vars", timeout=10) as response:
             stats = json.loads(response.read())
-        counts = {"snapshots": 0, "compactions": 0}
+        counts = {"snapshots": 0, "snapshot_ns": 0, "compactions": 0}
         for entry in stats.values():
             if isinstance(entry, dict) and entry.get("name") == "tsm1_engine" and \
                     entry.get("tags", {}).get("database") == database:
                 values = entry["values"]
                 counts["snapshots"] += values.get("cacheCompactions", 0)
+                counts["snapshot_ns"] += values.get("cacheCompactionDuration", 0)
                 counts["compactions"] += sum(v for k, v in values.items()
                                              if k.startswith("tsm") and k.endswith("Compactions"))
         return counts
@@ -158,7 +160,7 @@ def collector_toml(path: Path, args, site: Path, state: Path, broker_port: int, 
                     "token": q("unused-by-victoria-metrics")}),
         "ingest": {"client_id": q("dcem-collector-bench")},
         "state": {"folder": q(str(state))},
-        "report": {"stats_interval_s": "1.0"},
+        "report": {"stats_interval_s": str(STATS_INTERVAL_S)},
         "log": {"level": q("info")},
     }
     for dotted, value in args.overrides:
@@ -168,8 +170,6 @@ def collector_toml(path: Path, args, site: Path, state: Path, broker_port: int, 
     for name, fields in sections.items():
         text += f"\n[{name}]\n" + "".join(f"{key} = {value}\n" for key, value in fields.items())
     path.write_text(text)
-
-
 
 
 # ---------------------------------------------------------------- database access
@@ -308,6 +308,14 @@ def busy_rate(series: list[tuple[float, float]], start: float, total: int, tail:
     if t1 <= t0:
         return 0.0, t0, t1
     return (c1 - c0) / (t1 - t0), t0, t1
+
+
+def behind_schedule_max(series: list[tuple[float, float]], first_s: float, rate: float, total: int) -> float:
+    """How far, at most, a consumer's cumulative count series [(t, count)] was behind a stream of `total` messages
+    scheduled at `rate` per second from `first_s`: at each point before the last message, t minus the scheduled
+    time of the newest message counted (0 when it had everything scheduled by then)."""
+    behind = [t - (first_s + (count - 1) / rate) for t, count in series if 0 < count < total]
+    return max([0.0, *behind])
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -679,6 +687,8 @@ def execute(run: Run) -> dict:
     points_per_s = 0.0
     if c_t1 > c_t0 and c_t0 in lines_series and c_t1 in lines_series:
         points_per_s = (lines_series[c_t1] - lines_series[c_t0]) / (c_t1 - c_t0)
+    handled_series = [(r["time"] / 1000, r.get("messages") or 0) for r in stats_rows]
+    behind_max_s = behind_schedule_max(handled_series, first_ms / 1000, args.rate, sent)
     caught_up = next((r["time"] / 1000 for r in stats_rows
                       if (r.get("accepted") or 0) + (r.get("rejected") or 0) >= sent
                       and not r.get("backlog_batches")), None) if sent else None
@@ -727,6 +737,9 @@ def execute(run: Run) -> dict:
     run.say(f"  caught up {drain_s:+.1f} s after the last publish; CPU {cpu['collector']:.1f} s = "
             f"{collector_us_per_msg:.0f} us per message ({100 * cpu['collector'] / window_s:.0f} % of one core over "
             f"{window_s:.1f} s); start-up {collector_start_s:.1f} s, stop {collector_stop_s:.1f} s")
+    run.say(f"  its handling (messages flushed: spooled and acknowledged; from collector_stats, every "
+            f"{STATS_INTERVAL_S:g} s) was at most {behind_max_s:.2f} s behind the publish schedule; latency beyond "
+            f"that is the write to the database and the probe's polling")
     run.say(f"mosquitto_sub (C client, QoS 1, same subscription): received {sub_received}, "
             f"{s_rate:,.0f} msg/s over its busy window {s_t1 - s_t0:.1f} s, last message "
             f"{sub_drain_s:+.2f} s after the last publish, CPU {cpu['mosquitto_sub']:.1f} s")
@@ -736,7 +749,8 @@ def execute(run: Run) -> dict:
             f"{backlog} batches; other points: {other_counts}")
     if engine:
         run.say(f"influxd (cache-snapshot-memory-size {args.influx_cache_snapshot}): {engine['snapshots']} cache "
-                f"snapshots written to TSM files, {engine['compactions']} TSM compactions")
+                f"snapshots written to TSM files in {engine['snapshot_ns'] / 1e9:.1f} s, "
+                f"{engine['compactions']} TSM compactions")
     if influx_rejections:
         run.say(f"  the collector logged {influx_rejections} influxdb-batch-rejected event(s), e.g.: "
                 f"{influx_rejection_sample[:300]}")
@@ -767,12 +781,13 @@ def execute(run: Run) -> dict:
         "meter_messages": sum(p.get("meter_messages", 0) for p in publishers), "engine": "simulator", "db": args.db,
         "publisher": f"{args.client}x{args.publishers}", "order": args.order, "publish_rate": round(pub_rate), "planned": planned,
         "acked": acked, "sub_received": sub_received, "rejected": rejected, "stored_raw": stored_raw, "same_slot": same_slot, "unstored": unstored, "failed_writes": failed_writes,
-        "drained": "yes" if drained else "no", "drain_s": round(drain_s, 2), "latency_max_s": round(latencies[-1], 3) if latencies else "nan",
+        "drained": "yes" if drained else "no", "drain_s": round(drain_s, 2), "handled_behind_max_s": round(behind_max_s, 2), "latency_max_s": round(latencies[-1], 3) if latencies else "nan",
         "probe_points": len(latencies), "collector_cpu_s": round(cpu["collector"], 1),
         "collector_us_per_msg": round(collector_us_per_msg), "mosquitto_cpu_s": round(cpu["mosquitto"], 1),
         "publisher_cpu_s": round(publisher_cpu, 1), "sub_cpu_s": round(cpu["mosquitto_sub"], 1),
         "db_cpu_s": round(cpu[args.db], 1), "host_busy_pct": round(host_busy_pct),
         **({"db_cache_snapshot": args.influx_cache_snapshot, "db_snapshots": engine["snapshots"],
+            "db_snapshot_s": round(engine["snapshot_ns"] / engine["snapshots"] / 1e9, 2) if engine["snapshots"] else 0,
             "db_compactions": engine["compactions"]} if engine else {}),
         "profiled": "yes" if profile_path else "no",
         "settings": ";".join(f"{k}={v}" for k, v in args.overrides).replace(" ", "").replace('"', "") or "defaults",

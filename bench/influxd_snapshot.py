@@ -6,9 +6,9 @@
 Starts influxd 1.6.7 set up as the throughput benchmark does (bench/collector_throughput.py: no series limits,
 `cache-snapshot-memory-size` from --cache-snapshot) in a temp folder, and writes raw `host` points as the collector
 does (tags site, room, rack, host; fields cpu_util and power_w; ms timestamps, each host every hosts/points-per-s
-seconds) through the v1 `/write` endpoint, --batch lines per request at --points-per-s, for --seconds. Nothing
-else runs, so this is influxd's own behaviour; compare it with the same figures in the throughput benchmark, where
-the broker and the collector share its cores.
+seconds) through the collector's v1 writer (`/write`), --batch lines per request at --points-per-s, for
+--seconds. Nothing else runs, so this is influxd's own behaviour; compare it with the same figures in the
+throughput benchmark, where the broker and the collector share its cores.
 
 The last line is machine-readable: `RESULT points_per_s=... write_p50_s=... write_p99_s=... write_max_s=...
 snapshots=... snapshot_s=... db_cpu_us_per_point=...`; `snapshot_s` is the mean time influxd spent writing one
@@ -18,12 +18,10 @@ snapshot (its /debug/vars `cacheCompactionDuration`), `write_max_s` the slowest 
 from __future__ import annotations
 
 import argparse
-import http.client
 import random
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import psutil
@@ -34,6 +32,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from collector_throughput import DATABASE, BenchInfluxd, percentile  # noqa: E402
 from collector.lineproto import point, series  # noqa: E402
+from collector.writers import InfluxV1Writer  # noqa: E402
 
 
 def host_series(hosts: int) -> list[str]:
@@ -58,9 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         db = BenchInfluxd(Path(folder) / "influxd", args.cache_snapshot)
         db.start()
         try:
-            urllib.request.urlopen(f"{db.url}/query", data=f"q=CREATE DATABASE {DATABASE}".encode()).read()
+            writer = InfluxV1Writer(db.url, DATABASE, timeout_s=60)
+            writer.query(f"CREATE DATABASE {DATABASE}")
             hosts = host_series(args.hosts)
-            connection = http.client.HTTPConnection("127.0.0.1", db.port, timeout=60)
             influxd = psutil.Process(db.process.pid)
             cpu0, engine0 = sum(influxd.cpu_times()[:2]), db.engine_counts(DATABASE)
             start = time.time()
@@ -75,16 +74,13 @@ def main(argv: list[str] | None = None) -> int:
                     ts_ms = first_ms + round((cycle * args.hosts + index) * 1000 / args.points_per_s)
                     lines.append(point(hosts[index], {"cpu_util": (n % 100) / 100, "power_w": 200.0 + n % 97}, ts_ms))
                 sent_at = time.perf_counter()
-                connection.request("POST", f"/write?db={DATABASE}&precision=ms", "\n".join(lines).encode())
-                response = connection.getresponse()
-                detail = response.read()
-                if response.status != 204:
-                    raise SystemExit(f"influxd refused a write (HTTP {response.status}): {detail[:300]!r}")
+                writer.write(lines)
                 latencies.append(time.perf_counter() - sent_at)
                 written += len(lines)
             elapsed = time.time() - start
             cpu = sum(influxd.cpu_times()[:2]) - cpu0
             engine1 = db.engine_counts(DATABASE)
+            writer.close()
         finally:
             db.stop()
     snapshots = engine1["snapshots"] - engine0["snapshots"]

@@ -118,6 +118,18 @@ def test_streaming_matches_reference_per_bin_when_nothing_is_dropped(points, see
         assert math.isclose(covered.get(start, 0.0), total.covered_ms, rel_tol=1e-9, abs_tol=1e-3)
 
 
+@settings(max_examples=300, deadline=None)
+@given(seqs=st.lists(st.integers(0, 60), max_size=80), keep=st.integers(2, 8))
+def test_holds_is_true_for_exactly_the_points_kept(seqs, keep):
+    """Whatever the arrival order, the gaps and the repeats (the state store compacts its log with `holds`)."""
+    state = StreamState(keep=keep)
+    for seq in seqs:
+        state.add(Point("s", seq, 1_000_000 + seq * MIN, seq * 1000.0))
+    kept = {p.seq for p in [*state.earliest.values(), *state.sessions.get("s", [])]}
+    assert {seq for seq in range(-1, 62) if state.holds("s", seq)} == kept
+    assert not any(state.holds("t", seq) for seq in range(-1, 62))
+
+
 def test_duplicate_returns_none_and_late_point_splits_an_interval():
     state = StreamState()
     assert state.add(Point("a", 0, 0, 0.0)) == []

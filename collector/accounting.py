@@ -169,6 +169,19 @@ class StreamState:
             del kept[0]
         return contributions
 
+    def neighbours(self, session: str, seq: int) -> tuple[Point | None, Point | None]:
+        """The nearest kept points before and after seq in its session (the earliest point ever seen counts too,
+        for a session that dropped some)."""
+        kept = self.sessions.get(session, [])
+        index = bisect.bisect_left(kept, seq, key=lambda p: p.seq)
+        earlier = kept[index - 1] if index > 0 else None
+        later_index = index + 1 if index < len(kept) and kept[index].seq == seq else index
+        later = kept[later_index] if later_index < len(kept) else None
+        earliest = self.earliest.get(session)
+        if index == 0 and earliest is not None and seq < earliest.seq:
+            later = earliest
+        return earlier, later
+
     def held(self) -> int:
         """How many points are kept, the earliest ones included."""
         return sum(map(len, self.sessions.values())) + len(self.earliest)

@@ -9,7 +9,6 @@ expected meter (silent ones with coverage 0) and every expected host.
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -24,6 +23,14 @@ J_PER_KWH = 3.6e6
 AccumulatorKey = tuple
 
 
+class Utilisation(NamedTuple):
+    """A sample's utilisation (0..1) and the seconds it describes."""
+
+    cpu: float | None
+    gpu: float | None
+    seconds: float
+
+
 @dataclass(slots=True)
 class Accumulator:
     energy_j: float = 0.0
@@ -33,17 +40,18 @@ class Accumulator:
     gpu_util_weighted: float = 0.0
     gpu_util_weight: float = 0.0
 
+    def add_utilisation(self, utilisation: Utilisation) -> None:
+        cpu, gpu, seconds = utilisation
+        if cpu is not None:
+            self.cpu_util_weighted += cpu * seconds
+            self.cpu_util_weight += seconds
+        if gpu is not None:
+            self.gpu_util_weighted += gpu * seconds
+            self.gpu_util_weight += seconds
+
     def as_row(self) -> tuple[float, ...]:
         return (self.energy_j, self.covered_ms, self.cpu_util_weighted, self.cpu_util_weight,
                 self.gpu_util_weighted, self.gpu_util_weight)
-
-
-class Utilisation(NamedTuple):
-    """A sample's utilisation (0..1) and the seconds it describes."""
-
-    cpu: float | None
-    gpu: float | None
-    seconds: float
 
 
 class EnergyBook:
@@ -61,11 +69,8 @@ class EnergyBook:
 
     def add_host_point(self, host: HostInfo, point: Point, utilisation: Utilisation | None) -> str:
         """Account one host server-input point. Returns 'new', 'duplicate' or 'refinement-ignored'."""
-        scopes = (("rack", host.site, host.room, host.rack), ("hosts", host.site))
-        outcome = self._account(host.stream, point, scopes)
-        if outcome == "new" and utilisation is not None:
-            self._add_utilisation(scopes, point.ts_ms, utilisation)
-        return outcome
+        return self._account(host.stream, point, (("rack", host.site, host.room, host.rack), ("hosts", host.site)),
+                             utilisation)
 
     def add_meter_point(self, meter: MeterInfo, point: Point) -> str:
         """Account one meter point. Returns 'new', 'duplicate' or 'refinement-ignored'."""
@@ -82,23 +87,21 @@ class EnergyBook:
         if unwritten:
             self.unwritten.add(key)
 
-    def neighbours(self, stream: str, session: str, seq: int) -> tuple[Point | None, Point | None]:
-        """The nearest known points before and after seq in its session (the earliest point ever seen counts
-        too, for a session that dropped some): a new point's counter must fit between them."""
+    def placement(self, stream: str, session: str, seq: int, ts_ms: int
+                  ) -> tuple[Point | None, Point | None, str | None]:
+        """Where a new point falls among the stream's known points: the nearest known points before and after seq
+        in its session (the earliest point ever seen counts too, for a session that dropped some), which its
+        counter must fit between, and another session of the stream whose known span contains ts_ms (two senders
+        claiming one device, whose energies must not both be counted), or None."""
         state = self.streams.get(stream)
         if state is None:
-            return None, None
-        kept = state.sessions.get(session, [])
-        if kept and seq > kept[-1].seq:  # the next point of the session, as most are
-            return kept[-1], None
-        index = bisect.bisect_left(kept, seq, key=lambda p: p.seq)
-        earlier = kept[index - 1] if index > 0 else None
-        later_index = index + 1 if index < len(kept) and kept[index].seq == seq else index
-        later = kept[later_index] if later_index < len(kept) else None
-        earliest = state.earliest.get(session)
-        if index == 0 and earliest is not None and seq < earliest.seq:
-            later = earliest
-        return earlier, later
+            return None, None, None
+        sessions = state.sessions
+        kept = sessions.get(session)
+        if kept and seq > kept[-1].seq and len(sessions) == 1:  # the next point of the only session, as most are
+            return kept[-1], None, None
+        earlier, later = state.neighbours(session, seq)
+        return earlier, later, _overlapping(state, session, ts_ms)
 
     def holds(self, stream: str, session: str, seq: int) -> bool:
         """Whether the book still holds this point (the state store keeps exactly those, see collector/state.py)."""
@@ -108,19 +111,6 @@ class EnergyBook:
     def held_points(self) -> int:
         """How many points the book holds, over every stream (walks them all)."""
         return sum(state.held() for state in self.streams.values())
-
-    def overlapping_session(self, stream: str, session: str, ts_ms: int) -> str | None:
-        """Another session of the same stream whose known span contains ts_ms: two senders claiming one
-        device (a cloned agent), whose energies must not both be counted."""
-        state = self.streams.get(stream)
-        if state is None or (len(state.sessions) == 1 and session in state.sessions):  # the usual: no other
-            return None
-        for other, kept in state.sessions.items():
-            if other != session and kept:
-                first = state.earliest.get(other, kept[0])
-                if first.ts_ms < ts_ms < kept[-1].ts_ms:
-                    return other
-        return None
 
     def take_dirty(self) -> dict[AccumulatorKey, Accumulator]:
         """The accumulators changed since the last call, and forget that they were."""
@@ -186,8 +176,12 @@ class EnergyBook:
             state = self.streams[stream] = StreamState(keep=self.keep_points)
         return state
 
-    def _account(self, stream: str, point: Point, scopes: tuple[tuple, ...]) -> str:
-        """Apply a point's contributions to the accumulators (scope + (bin start,)) of each scope."""
+    def _account(self, stream: str, point: Point, scopes: tuple[tuple, ...], utilisation: Utilisation | None = None
+                 ) -> str:
+        """Apply a point's contributions to the accumulators (scope + (bin start,)) of each scope, and a host
+        sample's utilisation to those of its bin: a sample describes the interval that ends at ts_ms, so one at a
+        bin boundary belongs to the bin before. Both go to the same accumulators in one pass when they share a
+        bin, as they mostly do."""
         state = self.streams.get(stream) or self._stream(stream)
         contributions = state.add(point)
         if contributions is None:
@@ -195,31 +189,29 @@ class EnergyBook:
         if not contributions and point not in state.sessions[point.session]:
             return "refinement-ignored"
         self.new_points.append((stream, point))
+        utilisation_bin = None
+        if utilisation is not None:
+            end = point.ts_ms - 1
+            utilisation_bin = end - end % BIN_MS
         accumulators, dirty = self.accumulators, self.dirty
         for start, joules, covered in contributions:
+            with_utilisation = start == utilisation_bin
             for scope in scopes:
                 key = (*scope, start)
                 acc = accumulators.get(key) or self._accumulator(key)
                 acc.energy_j += joules
                 acc.covered_ms += covered
+                if with_utilisation:
+                    acc.add_utilisation(utilisation)
                 dirty[key] = acc
+            if with_utilisation:
+                utilisation_bin = None  # added once
+        if utilisation_bin is not None:
+            for scope in scopes:
+                key = (*scope, utilisation_bin)
+                acc = dirty[key] = accumulators.get(key) or self._accumulator(key)
+                acc.add_utilisation(utilisation)
         return "new"
-
-    def _add_utilisation(self, scopes: tuple[tuple, ...], ts_ms: int, utilisation: Utilisation) -> None:
-        """A sample describes the interval that ends at ts_ms, so one at a bin boundary belongs to the bin before."""
-        start = (ts_ms - 1) - (ts_ms - 1) % BIN_MS
-        cpu, gpu, seconds = utilisation.cpu, utilisation.gpu, utilisation.seconds
-        accumulators, dirty = self.accumulators, self.dirty
-        for scope in scopes:
-            key = (*scope, start)
-            acc = accumulators.get(key) or self._accumulator(key)
-            if cpu is not None:
-                acc.cpu_util_weighted += cpu * seconds
-                acc.cpu_util_weight += seconds
-            if gpu is not None:
-                acc.gpu_util_weighted += gpu * seconds
-                acc.gpu_util_weight += seconds
-            dirty[key] = acc
 
     def _accumulator(self, key: AccumulatorKey) -> Accumulator:
         acc = self.accumulators.get(key)
@@ -231,3 +223,13 @@ class EnergyBook:
     def _index_bin(self, key: AccumulatorKey) -> None:
         if key[0] in ("hosts", "meter"):
             self.bins_by_site.setdefault(key[1], set()).add(key[-1])
+
+
+def _overlapping(state: StreamState, session: str, ts_ms: int) -> str | None:
+    """Another session of the stream whose known span contains ts_ms."""
+    for other, kept in state.sessions.items():
+        if other != session and kept:
+            first = state.earliest.get(other, kept[0])
+            if first.ts_ms < ts_ms < kept[-1].ts_ms:
+                return other
+    return None

@@ -56,10 +56,12 @@ class DeviceObservations:
 
 @dataclass(slots=True)
 class DeviceRoute:
-    """What a configured device's samples topic leads to: the device, the series of its raw readings, and the
-    raw-resolution slot of the last one stored (raw readings are stored at most once per slot)."""
+    """What a configured device's samples topic leads to: the device and its kind ('host' or 'meter', as its
+    batches must say), the series of its raw readings, and the raw-resolution slot of the last one stored (raw
+    readings are stored at most once per slot)."""
 
     device: HostInfo | MeterInfo
+    kind: str
     series: str
     raw_slot: int = -1
 
@@ -89,10 +91,11 @@ class Ingest:
         for site in index.sites:
             for host in index.expected_hosts(site.id):
                 self._routes[_samples_topic(host, topic_root)] = DeviceRoute(
-                    host, lineproto.series("host", _host_tags(host)))
+                    host, "host", lineproto.series("host", _host_tags(host)))
             for meter in index.expected_meters(site.id):
-                self._routes[_samples_topic(meter, topic_root)] = DeviceRoute(meter, lineproto.series("meter", {
-                    "site": meter.site, "meter": meter.device, "role": meter.role, "source": meter.source or ""}))
+                self._routes[_samples_topic(meter, topic_root)] = DeviceRoute(meter, "meter", lineproto.series(
+                    "meter", {"site": meter.site, "meter": meter.device, "role": meter.role,
+                              "source": meter.source or ""}))
 
     def handle(self, topic: str, payload: bytes, now_ms: int, retained: bool = False) -> Rejection | None:
         """Account one message; None when accepted, else why not.
@@ -111,12 +114,13 @@ class Ingest:
             batch = decode_batch(payload)
             if route is None:
                 raise self._unknown(identity)
-            _check_kind(batch.kind, route.device)
-            checked = self._check(batch, route.device, now_ms)
+            if batch.kind != route.kind:
+                raise _kind_mismatch(batch.kind, route)
+            checked = self._check(batch, route, now_ms)
         except ContractError as exc:
             self.rejected[exc.reason] += 1
             return Rejection(exc.reason, exc.detail)
-        if isinstance(route.device, HostInfo):
+        if route.kind == "host":
             self._accept_host(batch, route, checked)
         else:
             self._accept_meter(batch, route, checked)
@@ -157,12 +161,14 @@ class Ingest:
         if self.index.site(identity.site) is None:
             raise ContractError("unknown-site", f"site {identity.site!r} is not in the site configuration")
 
-    def _check(self, batch: SampleBatch, device: HostInfo | MeterInfo, now_ms: int
-               ) -> list[tuple[Reading, Point]]:
+    def _check(self, batch: SampleBatch, route: DeviceRoute, now_ms: int) -> list[tuple[Reading, Point]]:
         """Refuse the batch if any sample is impossible on its own or against the session's known points.
         Returns each sample's energy reading and point, in the batch's order. Samples are checked in seq order."""
-        stream = device.stream
-        limit = self.limits.max_meter_w if isinstance(device, MeterInfo) else self.limits.max_host_reading_w
+        stream = route.device.stream
+        if route.kind == "host":
+            limit, energy_component = self.limits.max_host_reading_w, Component.SERVER_INPUT
+        else:
+            limit, energy_component = self.limits.max_meter_w, Component.METER
         latest, oldest = now_ms + self.limits.max_future_s * 1000, now_ms - self.limits.max_age_s * 1000
         session, samples, book = batch.session, batch.samples, self.book
         checked: list = [None] * len(samples)
@@ -175,13 +181,12 @@ class Ingest:
                 if reading.power_w is not None and reading.power_w > limit:
                     raise ContractError("absurd-power", f"seq {sample.seq} {reading.component} {reading.id}: "
                                                         f"{reading.power_w:g} W > {limit:g} W")
-            energy = _energy_reading(sample, device)
+            energy = _energy_reading(sample, energy_component)
             point = Point(session, sample.seq, sample.ts_ms, energy.energy_j)
-            other = book.overlapping_session(stream, session, point.ts_ms)
+            earlier, later, other = book.placement(stream, session, point.seq, point.ts_ms)
             if other is not None:
                 raise ContractError("session-overlap", f"seq {sample.seq} falls inside session {other} of the same "
                                                        "device: two senders claim it")
-            earlier, later = book.neighbours(stream, session, sample.seq)
             if previous is not None and (earlier is None or previous.seq > earlier.seq):
                 earlier = previous
             if earlier is not None:
@@ -284,12 +289,10 @@ def _raw_due(route: DeviceRoute, slot: int) -> bool:
     return True
 
 
-def _check_kind(kind: str, device: HostInfo | MeterInfo) -> None:
-    """A batch's kind must be its device's."""
-    is_host = isinstance(device, HostInfo)
-    if (kind == "host") != is_host:
-        raise ContractError("kind-mismatch", f"{device.device!r} is configured as a {'host' if is_host else 'meter'} "
-                                             f"but sent kind={kind!r}")
+def _kind_mismatch(kind: str, route: DeviceRoute) -> ContractError:
+    """Why a batch whose kind is not its device's is refused."""
+    return ContractError("kind-mismatch", f"{route.device.device!r} is configured as a {route.kind} "
+                                          f"but sent kind={kind!r}")
 
 
 def _samples_topic(device: HostInfo | MeterInfo, root: str) -> str:
@@ -301,8 +304,7 @@ def _key_of(identity: Identity) -> tuple[str, str, str, str]:
     return identity.site, identity.room, identity.rack, identity.device
 
 
-def _energy_reading(sample: Sample, device: HostInfo | MeterInfo) -> Reading:
-    wanted = Component.SERVER_INPUT if isinstance(device, HostInfo) else Component.METER
+def _energy_reading(sample: Sample, wanted: Component) -> Reading:
     for reading in sample.readings:
         if reading.component == wanted and reading.energy_j is not None:
             return reading

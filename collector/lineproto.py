@@ -45,14 +45,15 @@ def series(measurement: str, tags: Mapping[str, str]) -> str:
 
 def point(series_text: str, fields: Mapping[str, float | int | bool | str | None], ts_ms: int) -> str:
     """A line from a `series` and its fields; ValueError for a field InfluxDB cannot store faithfully."""
-    escaped = _escaped_keys  # finite floats, the usual field, without the call to _value
-    encoded = [f"{escaped.get(key) or _key(key)}="
-               f"{repr(value) if type(value) is float and isfinite(value) else _value(key, value)}"
-               for key, value in fields.items() if value is not None]
+    escaped, encoded = _escaped_keys, []
+    for key, value in fields.items():
+        if value is not None:  # finite floats, the usual field, without the call to _value
+            encoded.append(f"{escaped.get(key) or _key(key)}="
+                           f"{repr(value) if type(value) is float and isfinite(value) else _value(key, value)}")
     if not encoded:
         raise ValueError(f"a point of {series_text.split(',', 1)[0]!r} needs at least one field that is not None")
     text = f"{series_text} {','.join(encoded)} {index(ts_ms)}"
-    if "\n" in text or "\\" in text[len(series_text):]:
+    if "\n" in text or text.find("\\", len(series_text)) >= 0:
         _check_names("", {}, fields)
     return text
 

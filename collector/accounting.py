@@ -119,7 +119,7 @@ class StreamState:
     the earliest point ever seen of a session that had to drop some. A late point that falls among
     dropped points only refines where energy already counted falls in time: it is ignored (`add`
     returns an empty list), so totals stay exact. One older than anything ever seen is new energy and
-    is counted against that earliest point.
+    is counted against that earliest point. `neighbours` tells where a new point would fall among the kept ones.
     """
 
     __slots__ = ("keep", "bin_ms", "sessions", "earliest")

@@ -205,7 +205,7 @@ class EnergyBook:
                     acc.add_utilisation(utilisation)
                 dirty[key] = acc
             if with_utilisation:
-                utilisation_bin = None  # added once
+                utilisation_bin = None  # added: not again in a later contribution, nor in the pass below
         if utilisation_bin is not None:
             for scope in scopes:
                 key = (*scope, utilisation_bin)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Literal
 
 from collector.accounting import Point
 from collector.book import EnergyBook, Utilisation
@@ -61,7 +62,7 @@ class DeviceRoute:
     readings are stored at most once per slot)."""
 
     device: HostInfo | MeterInfo
-    kind: str
+    kind: Literal["host", "meter"]
     series: str
     raw_slot: int = -1
 

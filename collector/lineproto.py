@@ -47,8 +47,8 @@ def point(series_text: str, fields: Mapping[str, float | int | bool | str | None
     """A line from a `series` and its fields; ValueError for a field InfluxDB cannot store faithfully."""
     escaped, encoded = _escaped_keys, []
     for key, value in fields.items():
-        if value is not None:  # finite floats, the usual field, without the call to _value
-            encoded.append(f"{escaped.get(key) or _key(key)}="
+        if value is not None:
+            encoded.append(f"{escaped.get(key) or _key(key)}="  # finite floats, the usual field, without _value
                            f"{repr(value) if type(value) is float and isfinite(value) else _value(key, value)}")
     if not encoded:
         raise ValueError(f"a point of {series_text.split(',', 1)[0]!r} needs at least one field that is not None")

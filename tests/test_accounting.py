@@ -130,6 +130,21 @@ def test_holds_is_true_for_exactly_the_points_kept(seqs, keep):
     assert not any(state.holds("t", seq) for seq in range(-1, 62))
 
 
+@settings(max_examples=300, deadline=None)
+@given(seqs=st.lists(st.integers(0, 60), max_size=80), keep=st.integers(2, 8), probe=st.integers(-1, 62))
+def test_neighbours_are_the_nearest_kept_points_around_a_seq(seqs, keep, probe):
+    """Against a search over every kept point, the earliest included (which may only be a later neighbour)."""
+    state = StreamState(keep=keep)
+    for seq in seqs:
+        state.add(Point("s", seq, 1_000_000 + seq * MIN, seq * 1000.0))
+    kept = state.sessions.get("s", [])
+    below = [p for p in kept if p.seq < probe]
+    above = [p for p in [*state.earliest.values(), *kept] if p.seq > probe]
+    earlier, later = state.neighbours("s", probe)
+    assert earlier == (below[-1] if below else None)
+    assert later == (min(above, key=lambda p: p.seq) if above else None)
+
+
 def test_duplicate_returns_none_and_late_point_splits_an_interval():
     state = StreamState()
     assert state.add(Point("a", 0, 0, 0.0)) == []

@@ -1,9 +1,9 @@
 """The cost of the collector's point log in steady state: `StateStore.save` per new point, compaction included.
 
-    .venv/bin/python bench/state_log.py [--hosts 200000] [--keep 16] [--cycles 60] [--batch 10000]
+    .venv/bin/python bench/state_log.py [--hosts 200000] [--keep 16] [--cycles 70] [--batch 10000]
 
 The throughput benchmark's runs are too short to show it: the log is first compacted once it holds twice the points
-the book holds (`keep` + 1 per session), which at 200,000 hosts and one message per 10 s takes about 330 s. From then
+the book holds (`keep` + 1 per session), which at 200,000 hosts and one message per 10 s takes about 340 s. From then
 on a compaction pass looks every logged point up in the book (see collector/state.py). Here every host sends one
 point per cycle (a fixed shuffle, `--batch` points per save, as the collector's flushes), into a real SQLite state
 in a temp folder, with no MQTT, no ingest and no database. It prints the save time per new point for every cycle

@@ -56,19 +56,20 @@ def test_alert_events_equal_those_of_the_ground_truth(tmp_path, servers):
     recorder = Recorder(MqttConfig(host="127.0.0.1", port=broker.port), "dcem/v1/alerts/#")
     query = f"SELECT * FROM alert WHERE time >= {begin}ms"
 
-    def stored_events() -> list[dict]:
-        return [row for row in rows(db, query) if row["rule"] != INFORMATION_RULE]
+    def policy_events(found: list[dict]) -> list[dict]:
+        return [event for event in found if event["rule"] != INFORMATION_RULE]
 
     def published() -> list[dict]:
-        return [p for p in (json.loads(m.payload) for m in recorder.snapshot()) if p["rule"] != INFORMATION_RULE]
+        return policy_events([json.loads(m.payload) for m in recorder.snapshot()])
 
     try:  # the information rule's event is not counted: it could end the wait one policy event early
-        assert run_day(day, broker.port, lambda: len(stored_events()) >= len(expected)
+        assert run_day(day, broker.port, lambda: len(policy_events(rows(db, query))) >= len(expected)
                        and len(published()) >= len(expected))
-        stored = stored_events()  # after a later round, which must have added nothing
-        information = [row for row in rows(db, query) if row["rule"] == INFORMATION_RULE]
+        found = rows(db, query)  # after a later round, which must have added nothing
     finally:
         recorder.client.disconnect()
+    stored = policy_events(found)
+    information = [row for row in found if row["rule"] == INFORMATION_RULE]
     assert [(row["state"], row["value"] < 0.60) for row in information] == [("firing", True)]  # no truth to check
     got = sorted((row["rule"], row["state"], row["time"]) for row in stored)
     assert got == sorted((e.rule.id, e.state, e.t_ms) for e in expected)

@@ -135,12 +135,12 @@ class StreamState:
     def add(self, point: Point) -> list[Contribution] | None:
         kept = self.sessions.get(point.session)
         if kept and point.seq > kept[-1].seq:  # the next point of the session, as most are: the general case below
-            earlier = kept[-1]                  # with index = len(kept) > 0, in fewer steps
+            last = kept[-1]                     # with index = len(kept) > 0, in fewer steps
             kept.append(point)
             if len(kept) > self.keep:
                 self.earliest.setdefault(point.session, kept[0])
                 del kept[0]
-            return spread(earlier.ts_ms, point.ts_ms, point.energy_j - earlier.energy_j, self.bin_ms)
+            return spread(last.ts_ms, point.ts_ms, point.energy_j - last.energy_j, self.bin_ms)
         if kept is None:
             kept = self.sessions[point.session] = []
         index = bisect.bisect_left(kept, point.seq, key=lambda p: p.seq)

@@ -201,12 +201,12 @@ class EnergyBook:
                 acc = accumulators.get(key) or self._accumulator(key)
                 acc.energy_j += joules
                 acc.covered_ms += covered
-                if with_utilisation:
+                if with_utilisation and utilisation is not None:
                     acc.add_utilisation(utilisation)
                 dirty[key] = acc
             if with_utilisation:
                 utilisation_bin = None  # added: not again in a later contribution, nor in the pass below
-        if utilisation_bin is not None:
+        if utilisation_bin is not None and utilisation is not None:
             for scope in scopes:
                 key = (*scope, utilisation_bin)
                 acc = dirty[key] = accumulators.get(key) or self._accumulator(key)

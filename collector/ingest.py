@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, cast
 
 from collector.accounting import Point
 from collector.book import EnergyBook, Utilisation
@@ -122,9 +122,9 @@ class Ingest:
             self.rejected[exc.reason] += 1
             return Rejection(exc.reason, exc.detail)
         if route.kind == "host":
-            self._accept_host(batch, route, checked)
+            self._accept_host(batch, cast(HostInfo, route.device), route, checked)
         else:
-            self._accept_meter(batch, route, checked)
+            self._accept_meter(batch, cast(MeterInfo, route.device), route, checked)
         self.outcomes["messages"] += 1
         return None
 
@@ -182,8 +182,7 @@ class Ingest:
                 if reading.power_w is not None and reading.power_w > limit:
                     raise ContractError("absurd-power", f"seq {sample.seq} {reading.component} {reading.id}: "
                                                         f"{reading.power_w:g} W > {limit:g} W")
-            energy = _energy_reading(sample, energy_component)
-            point = Point(session, sample.seq, sample.ts_ms, energy.energy_j)
+            _reading, point = checked[i] = _energy_point(sample, energy_component, session)
             earlier, later, other = book.placement(stream, session, point.seq, point.ts_ms)
             if other is not None:
                 raise ContractError("session-overlap", f"seq {sample.seq} falls inside session {other} of the same "
@@ -194,7 +193,6 @@ class Ingest:
                 _check_counter(earlier, point, limit)
             if later is not None:
                 _check_counter(point, later, limit)
-            checked[i] = (energy, point)
             previous = point
         return checked
 
@@ -205,8 +203,8 @@ class Ingest:
         if ts_ms < now_ms - self.limits.max_age_s * 1000:
             raise ContractError("too-old", f"{what} is {(now_ms - ts_ms) / 86_400_000:.1f} days old")
 
-    def _accept_host(self, batch: SampleBatch, route: DeviceRoute, checked: list[tuple[Reading, Point]]) -> None:
-        host = route.device
+    def _accept_host(self, batch: SampleBatch, host: HostInfo, route: DeviceRoute,
+                     checked: list[tuple[Reading, Point]]) -> None:
         for sample, (server, point) in zip(batch.samples, checked):
             gpus = [r for r in sample.readings if r.component is Component.GPU] if len(sample.readings) > 1 else []
             outcome = self.book.add_host_point(host, point, _utilisation(sample, gpus))
@@ -214,13 +212,14 @@ class Ingest:
             if outcome != "duplicate" and _raw_due(route, sample.ts_ms // self.raw_resolution_ms):
                 self.lines += self._host_lines(host, route.series, sample, server, gpus)
 
-    def _accept_meter(self, batch: SampleBatch, route: DeviceRoute, checked: list[tuple[Reading, Point]]) -> None:
+    def _accept_meter(self, batch: SampleBatch, meter: MeterInfo, route: DeviceRoute,
+                      checked: list[tuple[Reading, Point]]) -> None:
         for sample, (reading, point) in zip(batch.samples, checked):
-            outcome = self.book.add_meter_point(route.device, point)
+            outcome = self.book.add_meter_point(meter, point)
             self.outcomes[outcome] += 1
             if outcome != "duplicate" and _raw_due(route, sample.ts_ms // self.raw_resolution_ms):
                 self.lines.append(lineproto.point(route.series, {"power_w": reading.power_w,
-                                                                 "energy_kwh": reading.energy_j / 3.6e6}, sample.ts_ms))
+                                                                 "energy_kwh": point.energy_j / 3.6e6}, sample.ts_ms))
 
     def _gpu_series_of(self, host: HostInfo, gpu: str) -> str:
         """A GPU's escaped series, made once (the same devices send again and again)."""
@@ -232,16 +231,17 @@ class Ingest:
 
     def _host_lines(self, host: HostInfo, series: str, sample: Sample, server: Reading, gpus: list[Reading]
                     ) -> list[str]:
-        packages, psys, dram = (), (), ()
+        packages: list[Reading] = []
+        psys: list[Reading] = []
+        dram: list[Reading] = []
         if len(sample.readings) > 1 + len(gpus):  # more than the server input and the GPUs: one pass over them
-            packages, psys, dram = [], [], []
             by_component = {Component.CPU_PACKAGE: packages, Component.PSYS: psys, Component.DRAM: dram}
             for reading in sample.readings:
                 found = by_component.get(reading.component)
                 if found is not None:
                     found.append(reading)
         cpu = packages or psys
-        fields = {"server_input_w": server.power_w}  # the fields a sample has, in a fixed order
+        fields: dict[str, lineproto.FieldValue] = {"server_input_w": server.power_w}  # a sample's, in a fixed order
         if cpu:
             fields["cpu_w"] = _power_sum(cpu)
         if dram:
@@ -305,10 +305,13 @@ def _key_of(identity: Identity) -> tuple[str, str, str, str]:
     return identity.site, identity.room, identity.rack, identity.device
 
 
-def _energy_reading(sample: Sample, wanted: Component) -> Reading:
+def _energy_point(sample: Sample, wanted: Component, session: str) -> tuple[Reading, Point]:
+    """The sample's first reading of the wanted component with an energy counter, and the accounting point it
+    gives."""
     for reading in sample.readings:
-        if reading.component == wanted and reading.energy_j is not None:
-            return reading
+        energy_j = reading.energy_j
+        if reading.component == wanted and energy_j is not None:
+            return reading, Point(session, sample.seq, sample.ts_ms, energy_j)
     raise ContractError("no-energy-reading", f"seq {sample.seq} has no {wanted} reading with energy_j")
 
 

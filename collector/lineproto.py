@@ -16,6 +16,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from math import isfinite
 from operator import index
+from typing import Any
+
+# What a field may hold (None: the field is left out). `point` takes any object and refuses the others itself,
+# naming the field (TypeError), rather than leave it to a type check that would not name it.
+FieldValue = float | int | bool | str | None
 
 _MEASUREMENT = str.maketrans({",": "\\,", " ": "\\ "})
 _KEY = str.maketrans({",": "\\,", "=": "\\=", " ": "\\ "})
@@ -27,8 +32,7 @@ _escaped_keys: dict[str, str] = {}
 _escaped_measurements: dict[str, str] = {}
 
 
-def line(measurement: str, tags: Mapping[str, str], fields: Mapping[str, float | int | bool | str | None],
-         ts_ms: int) -> str:
+def line(measurement: str, tags: Mapping[str, str], fields: Mapping[str, object], ts_ms: int) -> str:
     """One line of line protocol; ValueError (naming the field) for what InfluxDB cannot store faithfully."""
     return point(series(measurement, tags), fields, ts_ms)
 
@@ -43,9 +47,10 @@ def series(measurement: str, tags: Mapping[str, str]) -> str:
     return head
 
 
-def point(series_text: str, fields: Mapping[str, float | int | bool | str | None], ts_ms: int) -> str:
+def point(series_text: str, fields: Mapping[str, object], ts_ms: int) -> str:
     """A line from a `series` and its fields; ValueError for a field InfluxDB cannot store faithfully."""
     escaped, encoded = _escaped_keys, []
+    value: Any  # checked by exact type: a float subclass (numpy's, say) is converted by _value
     for key, value in fields.items():
         if value is not None:
             encoded.append(f"{escaped.get(key) or _key(key)}="  # finite floats, the usual field, without _value
@@ -79,7 +84,7 @@ def _key(text: str) -> str:
     return escaped
 
 
-def _value(key: str, value: float | int | bool | str) -> str:
+def _value(key: str, value: Any) -> str:
     kind = type(value)
     if kind is float:
         if not isfinite(value):

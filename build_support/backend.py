@@ -1,0 +1,32 @@
+"""setuptools' build backend, which also asks for mypy when DCEM_COMPILE=1 (setup.py then compiles the collector's
+per-message modules with mypyc). A compiled build is a wheel: an editable install would leave the C extensions
+beside the sources, where they would hide later edits of those sources."""
+
+import os
+
+from setuptools import build_meta
+from setuptools.build_meta import (  # the hooks used as setuptools defines them
+    build_sdist,
+    build_wheel,
+    get_requires_for_build_editable,
+    get_requires_for_build_sdist,
+    prepare_metadata_for_build_editable,
+    prepare_metadata_for_build_wheel,
+)
+
+__all__ = ["build_editable", "build_sdist", "build_wheel", "get_requires_for_build_editable",
+           "get_requires_for_build_sdist", "get_requires_for_build_wheel", "prepare_metadata_for_build_editable",
+           "prepare_metadata_for_build_wheel"]
+
+COMPILE = os.environ.get("DCEM_COMPILE") == "1"
+MYPY = "mypy>=1.13,<3"
+
+
+def get_requires_for_build_wheel(config_settings=None):
+    return build_meta.get_requires_for_build_wheel(config_settings) + ([MYPY] if COMPILE else [])
+
+
+def build_editable(wheel_directory, config_settings=None, metadata_directory=None):
+    if COMPILE:
+        raise SystemExit("DCEM_COMPILE=1 builds a wheel: install it with `pip install .`, not `pip install -e .`")
+    return build_meta.build_editable(wheel_directory, config_settings, metadata_directory)

@@ -6,6 +6,7 @@ client) receiving the same stream in the same run, with publish-to-stored latenc
 
     .venv/bin/python bench/collector_throughput.py [--rate 20000] [--seconds 30] [--hosts 200000]
                                                        [--db influxd|victoria-metrics] [--client raw|paho]
+                                                       [--compiled]
 
 One run, everything on loopback, in a temp folder, stopped at the end (also on Ctrl-C or SIGTERM):
 
@@ -17,7 +18,8 @@ One run, everything on loopback, in a temp folder, stopped at the end (also on C
    (collector on the v2 API);
 3. the real collector as a subprocess, `python -m collector.cli --config <toml>` with the product's ingest
    defaults and collector_stats every second (`--profile FILE` or DCEM_BENCH_PROFILE=FILE runs it under
-   cProfile and prints where the time goes);
+   cProfile and prints where the time goes; --compiled runs the whole benchmark from a copy of this checkout
+   with the compiled collector, DCEM_COMPILE=1, built first);
 4. `mosquitto_sub -q 1 -F %U` on the same subscription, writing the arrival time of every message;
 5. bench/stream_publisher.py in --publishers processes: the simulator's messages (one sample per message, power
    and energy from simulator.model), --rate messages/s for --seconds s, each device once every
@@ -62,6 +64,7 @@ from simulator.model import meters as sim_meters  # noqa: E402
 from simulator.site_config import site_config  # noqa: E402
 from collector.writers import InfluxV1Writer, QueryError  # noqa: E402
 from common.local_servers import Influxd, ServerProcess, VictoriaMetrics, find_binary, free_port  # noqa: E402
+from tests.compiled_build import run_compiled, running_compiled  # noqa: E402
 
 TARGET_MSGS_PER_S = 20_000
 TARGET_P99_S = 2.0
@@ -423,6 +426,8 @@ class Run:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.compiled:
+        return run_compiled(Path(__file__), [a for a in (sys.argv[1:] if argv is None else argv) if a != "--compiled"])
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     folder = Path(tempfile.mkdtemp(prefix="dcem-collector-bench-"))
@@ -776,7 +781,7 @@ def execute(run: Run) -> dict:
         "collector_msgs_per_s": round(c_rate), "mosquitto_sub_msgs_per_s": round(s_rate),
         "ratio": round(c_rate / s_rate, 3) if s_rate else 0, "points_per_s": round(points_per_s),
         "latency_p50_s": round(p50, 3), "latency_p99_s": round(p99, 3), "sent": sent, "accepted": accepted,
-        "lost": lost, "cores": cores, "pass": "yes" if passed else "no",
+        "lost": lost, "cores": cores, "pass": "yes" if passed else "no", "compiled": "yes" if running_compiled() else "no",
         "rate": f"{args.rate:g}", "seconds": f"{args.seconds:g}", "hosts": hosts, "gpus": args.gpus,
         "meter_messages": sum(p.get("meter_messages", 0) for p in publishers), "engine": "simulator", "db": args.db,
         "publisher": f"{args.client}x{args.publishers}", "order": args.order, "publish_rate": round(pub_rate), "planned": planned,
@@ -831,6 +836,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--broker-persistence", action="store_true", help="mosquitto persistence (autosave every 1 s)")
     p.add_argument("--profile", help="run the collector under cProfile, writing this file (or DCEM_BENCH_PROFILE)")
     p.add_argument("--keep", action="store_true", help="keep the temp folder (logs, configs, outputs)")
+    p.add_argument("--compiled", action="store_true",
+                   help="measure the compiled collector (DCEM_COMPILE=1, built first in a temp folder)")
     args = p.parse_args(argv)
     args.hosts = args.hosts or int(args.rate * 10)
     args.drain_timeout = args.drain_timeout if args.drain_timeout is not None else 60 + 2 * args.seconds

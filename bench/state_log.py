@@ -1,6 +1,6 @@
 """The cost of the collector's point log in steady state: `StateStore.save` per new point, compaction included.
 
-    .venv/bin/python bench/state_log.py [--hosts 200000] [--keep 16] [--cycles 70] [--batch 10000]
+    .venv/bin/python bench/state_log.py [--hosts 200000] [--keep 16] [--cycles 70] [--batch 10000] [--compiled]
 
 The throughput benchmark's runs are too short to show it: the log is first compacted once it holds twice the points
 the book holds (`keep` + 1 per session), which at 200,000 hosts and one message per 10 s takes about 340 s. From then
@@ -13,7 +13,8 @@ once compaction has begun, and one machine-readable line:
            log_max_points=... held_points=... hosts=... keep=... period_cycles=...
 
 `us_per_point` is the mean over one period, from the first pass's start to the second's (or to the last cycle);
-compare it with `us_per_point_between` (appending alone, between passes).
+compare it with `us_per_point_between` (appending alone, between passes). --compiled runs it from a copy of this
+checkout with the compiled collector (DCEM_COMPILE=1, built first).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from collector.accounting import Point  # noqa: E402
 from collector.book import EnergyBook  # noqa: E402
 from collector.site import stream_key  # noqa: E402
 from collector.state import StateStore  # noqa: E402
+from tests.compiled_build import run_compiled, running_compiled  # noqa: E402
 
 T0_MS = 1_796_000_000_000
 STEP_MS = 10_000
@@ -44,7 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", type=int, default=16, help="points kept per session (the collector's state.keep_points)")
     p.add_argument("--cycles", type=int, default=70, help="points per host")
     p.add_argument("--batch", type=int, default=10_000, help="points per save (the collector's ingest.max_batch)")
+    p.add_argument("--compiled", action="store_true",
+                   help="measure the compiled collector (DCEM_COMPILE=1, built first in a temp folder)")
     args = p.parse_args(argv)
+    if args.compiled:
+        return run_compiled(Path(__file__), [a for a in (sys.argv[1:] if argv is None else argv) if a != "--compiled"])
 
     streams = [stream_key("host", "bench", f"hall-{h // 40_000:02d}", f"r{h // 40:04d}", f"h{h:06d}")
                for h in range(args.hosts)]
@@ -86,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"RESULT us_per_point={mean(us for us, _ in period):.2f} us_per_point_in_pass={mean(in_pass):.2f} "
           f"us_per_point_between={mean(between):.2f} cycles_in_pass_pct={100 * len(in_pass) / len(period):.0f} "
           f"log_max_points={log_max} held_points={held} hosts={args.hosts} keep={args.keep} "
-          f"period_cycles={len(period)}", flush=True)
+          f"period_cycles={len(period)} compiled={'yes' if running_compiled() else 'no'}", flush=True)
     return 0
 
 

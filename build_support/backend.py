@@ -8,7 +8,6 @@ from setuptools import build_meta
 from setuptools.build_meta import (  # the hooks used as setuptools defines them
     build_sdist,
     build_wheel,
-    get_requires_for_build_editable,
     get_requires_for_build_sdist,
     prepare_metadata_for_build_editable,
     prepare_metadata_for_build_wheel,
@@ -23,10 +22,21 @@ MYPY = "mypy>=1.13,<3"
 
 
 def get_requires_for_build_wheel(config_settings=None):
-    return build_meta.get_requires_for_build_wheel(config_settings) + ([MYPY] if COMPILE else [])
+    if COMPILE:  # setuptools would run setup.py to ask, which needs mypy already; it asks for nothing else
+        return [MYPY]
+    return build_meta.get_requires_for_build_wheel(config_settings)
+
+
+def get_requires_for_build_editable(config_settings=None):
+    _refuse_compiled_editable()
+    return build_meta.get_requires_for_build_editable(config_settings)
 
 
 def build_editable(wheel_directory, config_settings=None, metadata_directory=None):
+    _refuse_compiled_editable()
+    return build_meta.build_editable(wheel_directory, config_settings, metadata_directory)
+
+
+def _refuse_compiled_editable():
     if COMPILE:
         raise SystemExit("DCEM_COMPILE=1 builds a wheel: install it with `pip install .`, not `pip install -e .`")
-    return build_meta.build_editable(wheel_directory, config_settings, metadata_directory)

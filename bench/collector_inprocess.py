@@ -53,7 +53,7 @@ from collector.accounting import BIN_MS  # noqa: E402
 from collector.book import Accumulator, EnergyBook  # noqa: E402
 from collector.ingest import Ingest, Limits  # noqa: E402
 from simulator.model import meters  # noqa: E402
-from tests.compiled_build import run_compiled, running_compiled  # noqa: E402
+from tests.compiled_build import add_compiled_option, rerun_compiled_if_asked, running_compiled  # noqa: E402
 
 # (label, object attribute path, method name): wrapped with a timer when --stages is given
 STAGES = [
@@ -203,13 +203,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="start from a state holding this many days of rack and site bins (the collector keeps 9)")
     p.add_argument("--instructions", action="store_true",
                    help="count the measured flushes' CPU instructions under valgrind's callgrind")
-    p.add_argument("--compiled", action="store_true",
-                   help="measure the compiled collector (DCEM_COMPILE=1, built first in a temp folder)")
+    add_compiled_option(p)
     args = p.parse_args(argv)
-    if args.compiled:
-        return run_compiled(Path(__file__), [a for a in (sys.argv[1:] if argv is None else argv) if a != "--compiled"])
-    if args.stages and running_compiled():
+    if args.stages and (args.compiled or running_compiled()):
         raise SystemExit("--stages wraps the collector's methods, which the compiled collector does not allow")
+    exit_code = rerun_compiled_if_asked(args.compiled, Path(__file__), sys.argv[1:] if argv is None else argv)
+    if exit_code is not None:
+        return exit_code
     if args.instructions and CALLGRIND_OUT not in os.environ:
         return count_instructions(sys.argv[1:] if argv is None else argv)
 

@@ -64,7 +64,7 @@ from simulator.model import meters as sim_meters  # noqa: E402
 from simulator.site_config import site_config  # noqa: E402
 from collector.writers import InfluxV1Writer, QueryError  # noqa: E402
 from common.local_servers import Influxd, ServerProcess, VictoriaMetrics, find_binary, free_port  # noqa: E402
-from tests.compiled_build import run_compiled, running_compiled  # noqa: E402
+from tests.compiled_build import add_compiled_option, rerun_compiled_if_asked, running_compiled  # noqa: E402
 
 TARGET_MSGS_PER_S = 20_000
 TARGET_P99_S = 2.0
@@ -426,8 +426,9 @@ class Run:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.compiled:
-        return run_compiled(Path(__file__), [a for a in (sys.argv[1:] if argv is None else argv) if a != "--compiled"])
+    exit_code = rerun_compiled_if_asked(args.compiled, Path(__file__), sys.argv[1:] if argv is None else argv)
+    if exit_code is not None:
+        return exit_code
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     folder = Path(tempfile.mkdtemp(prefix="dcem-collector-bench-"))
@@ -836,8 +837,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--broker-persistence", action="store_true", help="mosquitto persistence (autosave every 1 s)")
     p.add_argument("--profile", help="run the collector under cProfile, writing this file (or DCEM_BENCH_PROFILE)")
     p.add_argument("--keep", action="store_true", help="keep the temp folder (logs, configs, outputs)")
-    p.add_argument("--compiled", action="store_true",
-                   help="measure the compiled collector (DCEM_COMPILE=1, built first in a temp folder)")
+    add_compiled_option(p)
     args = p.parse_args(argv)
     args.hosts = args.hosts or int(args.rate * 10)
     args.drain_timeout = args.drain_timeout if args.drain_timeout is not None else 60 + 2 * args.seconds

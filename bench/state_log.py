@@ -34,7 +34,7 @@ from collector.accounting import Point  # noqa: E402
 from collector.book import EnergyBook  # noqa: E402
 from collector.site import stream_key  # noqa: E402
 from collector.state import StateStore  # noqa: E402
-from tests.compiled_build import run_compiled, running_compiled  # noqa: E402
+from tests.compiled_build import add_compiled_option, rerun_compiled_if_asked, running_compiled  # noqa: E402
 
 T0_MS = 1_796_000_000_000
 STEP_MS = 10_000
@@ -46,11 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", type=int, default=16, help="points kept per session (the collector's state.keep_points)")
     p.add_argument("--cycles", type=int, default=70, help="points per host")
     p.add_argument("--batch", type=int, default=10_000, help="points per save (the collector's ingest.max_batch)")
-    p.add_argument("--compiled", action="store_true",
-                   help="measure the compiled collector (DCEM_COMPILE=1, built first in a temp folder)")
+    add_compiled_option(p)
     args = p.parse_args(argv)
-    if args.compiled:
-        return run_compiled(Path(__file__), [a for a in (sys.argv[1:] if argv is None else argv) if a != "--compiled"])
+    exit_code = rerun_compiled_if_asked(args.compiled, Path(__file__), sys.argv[1:] if argv is None else argv)
+    if exit_code is not None:
+        return exit_code
 
     streams = [stream_key("host", "bench", f"hall-{h // 40_000:02d}", f"r{h // 40:04d}", f"h{h:06d}")
                for h in range(args.hosts)]

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from math import isfinite
 from operator import index
-from typing import Any
+from typing import Any, SupportsIndex
 
 # What a field may hold (None: the field is left out). `point` takes any object and refuses the others itself,
 # naming the field (TypeError), rather than leave it to a type check that would not name it.
@@ -32,12 +32,13 @@ _escaped_keys: dict[str, str] = {}
 _escaped_measurements: dict[str, str] = {}
 
 
-def line(measurement: str, tags: Mapping[str, str], fields: Mapping[str, object], ts_ms: int) -> str:
+def line(measurement: str, tags: Mapping[str, str | None], fields: Mapping[str, object],
+         ts_ms: SupportsIndex) -> str:
     """One line of line protocol; ValueError (naming the field) for what InfluxDB cannot store faithfully."""
     return point(series(measurement, tags), fields, ts_ms)
 
 
-def series(measurement: str, tags: Mapping[str, str]) -> str:
+def series(measurement: str, tags: Mapping[str, str | None]) -> str:
     """The escaped measurement and sorted tags of a line: compute once per device and reuse with `point`."""
     head = _escaped_measurements.get(measurement) or _measurement(measurement)
     if tags:
@@ -47,7 +48,7 @@ def series(measurement: str, tags: Mapping[str, str]) -> str:
     return head
 
 
-def point(series_text: str, fields: Mapping[str, object], ts_ms: int) -> str:
+def point(series_text: str, fields: Mapping[str, object], ts_ms: SupportsIndex) -> str:
     """A line from a `series` and its fields; ValueError for a field InfluxDB cannot store faithfully."""
     escaped, encoded = _escaped_keys, []
     value: Any  # checked by exact type: a float subclass (numpy's, say) is converted by _value
@@ -111,7 +112,7 @@ def _other_value(key: str, value: object) -> str:
     raise TypeError(f"field {key!r} has type {type(value).__name__}; expected float, int, bool or str")
 
 
-def _check_names(measurement: str, tags: Mapping[str, str], fields: Mapping[str, object]) -> None:
+def _check_names(measurement: str, tags: Mapping[str, str | None], fields: Mapping[str, object]) -> None:
     """The slow path, for lines with a newline or a backslash: find the name or value that cannot be sent."""
     for kind, name in _names(measurement, tags, fields):
         if "\n" in name:
@@ -123,7 +124,8 @@ def _check_names(measurement: str, tags: Mapping[str, str], fields: Mapping[str,
             raise ValueError(f"field {key!r} contains a newline, which the writers' batches cannot carry")
 
 
-def _names(measurement: str, tags: Mapping[str, str], fields: Mapping[str, object]) -> list[tuple[str, str]]:
+def _names(measurement: str, tags: Mapping[str, str | None], fields: Mapping[str, object]
+           ) -> list[tuple[str, str]]:
     found = [("measurement", measurement)] if measurement else []
     for key, value in tags.items():
         if value:

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION: Final = 1
 DEFAULT_TOPIC_ROOT = "dcem"
 SAMPLES_CHANNEL = "samples"
 STATUS_CHANNEL = "status"

@@ -8,6 +8,7 @@ Building needs mypy and setuptools>=77 in this environment (the `test` extra); i
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 import shutil
@@ -19,7 +20,7 @@ import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-NOT_COPIED = (".git", ".venv", "build", "*.egg-info", "__pycache__", ".pytest_cache", ".hypothesis", "*.so")
+NOT_COPIED = (".*", "build", "dist", "*.egg-info", "__pycache__", "*.so", "*.db", "*.db-wal", "*.db-shm")
 
 
 def compiled_modules() -> list[str]:
@@ -51,9 +52,18 @@ def running_compiled() -> bool:
     return all(importlib.import_module(name).__file__.endswith(".so") for name in compiled_modules())
 
 
-def run_compiled(script: Path, argv: list[str]) -> int:
-    """Run `script` (a file of this checkout) with argv from a compiled checkout built in a temporary folder, and
-    return its exit code: how the benchmarks' --compiled measure the compiled collector."""
+def add_compiled_option(parser: argparse.ArgumentParser) -> None:
+    """The benchmarks' --compiled option (see rerun_compiled_if_asked)."""
+    parser.add_argument("--compiled", action="store_true",
+                        help="measure the compiled collector (DCEM_COMPILE=1, built first in a temp folder)")
+
+
+def rerun_compiled_if_asked(compiled: bool, script: Path, argv: list[str]) -> int | None:
+    """For a benchmark given --compiled: build a compiled checkout in a temporary folder, run `script`'s copy there
+    with argv (the same arguments) and return its exit code. None when not asked, or already running compiled
+    (the copy itself is given --compiled too)."""
+    if not compiled or running_compiled():
+        return None
     with tempfile.TemporaryDirectory(prefix="dcem-compiled-") as folder:
         print("building the compiled collector (about 30 s)", flush=True)
         checkout = compiled_checkout(Path(folder))

@@ -7,6 +7,7 @@ collector runs again here, in a copy of this checkout whose compiled modules are
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -34,16 +35,19 @@ def test_the_collector_test_files_are_found() -> None:
 
 
 def test_the_backend_asks_for_mypy_and_refuses_an_editable_compiled_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    sys.path.insert(0, str(TESTS.parent / "build_support"))
-    try:
-        import backend
-    finally:
-        sys.path.pop(0)
-    monkeypatch.setattr(backend, "COMPILE", True)
-    for refused in (lambda: backend.get_requires_for_build_editable(), lambda: backend.build_editable("unused")):
+    spec = importlib.util.spec_from_file_location("dcem_build_backend", TESTS.parent / "build_support" / "backend.py")
+    backend = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(backend)
+    monkeypatch.setenv("DCEM_COMPILE", "1")
+    assert [requirement.split(">")[0] for requirement in backend.get_requires_for_build_wheel()] == ["mypy"]
+    for refused in (lambda: backend.get_requires_for_build_editable(),
+                    lambda: backend.prepare_metadata_for_build_editable("unused"),
+                    lambda: backend.build_editable("unused")):
         with pytest.raises(SystemExit, match="not `pip install -e .`"):
             refused()
-    assert [requirement.split(">")[0] for requirement in backend.get_requires_for_build_wheel()] == ["mypy"]
+    monkeypatch.setenv("DCEM_COMPILE", "true")
+    with pytest.raises(SystemExit, match="set it to 1"):
+        backend.get_requires_for_build_wheel()
 
 
 @pytest.mark.servers

@@ -15,7 +15,8 @@ from setuptools import setup
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT / "build_support"))
-from backend import compile_requested  # noqa: E402  (one reading of DCEM_COMPILE, with the backend's)
+from backend import compile_requested  # noqa: E402  (DCEM_COMPILE is read in one place)
+
 BUILDS_BINARIES = {"bdist_wheel", "build", "build_ext"}
 
 ext_modules = []

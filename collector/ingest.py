@@ -11,6 +11,7 @@ internal-error (the service, should handling a message fail unexpectedly).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, cast
 
@@ -231,15 +232,17 @@ class Ingest:
 
     def _host_lines(self, host: HostInfo, series: str, sample: Sample, server: Reading, gpus: list[Reading]
                     ) -> list[str]:
-        packages: list[Reading] = []
-        psys: list[Reading] = []
-        dram: list[Reading] = []
+        packages: Sequence[Reading] = ()  # empty tuples, not new lists: most samples have no CPU or DRAM readings
+        psys: Sequence[Reading] = ()
+        dram: Sequence[Reading] = ()
         if len(sample.readings) > 1 + len(gpus):  # more than the server input and the GPUs: one pass over them
-            by_component = {Component.CPU_PACKAGE: packages, Component.PSYS: psys, Component.DRAM: dram}
+            by_component: dict[Component, list[Reading]] = {
+                Component.CPU_PACKAGE: [], Component.PSYS: [], Component.DRAM: []}
             for reading in sample.readings:
                 found = by_component.get(reading.component)
                 if found is not None:
                     found.append(reading)
+            packages, psys, dram = by_component.values()
         cpu = packages or psys
         fields: dict[str, lineproto.FieldValue] = {"server_input_w": server.power_w}  # a sample's, in a fixed order
         if cpu:
@@ -339,6 +342,6 @@ def _status_line(identity: Identity, status: Status, now_ms: int) -> str:
     return line("device_status", tags, fields, status.ts_ms or now_ms)
 
 
-def _power_sum(readings: list[Reading]) -> float | None:
+def _power_sum(readings: Sequence[Reading]) -> float | None:
     present = [r.power_w for r in readings if r.power_w is not None]
     return sum(present) if present else None

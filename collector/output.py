@@ -93,6 +93,11 @@ class SpooledOutput:
             return self._to_spool(lines)
 
     @property
+    def free_batches(self) -> int:
+        """Batches the spool takes before it is full (cheap: no disk access)."""
+        return self._spool.max_items - self._spool.depth
+
+    @property
     def full(self) -> bool:
         """The spool holds as many batches as it may: enqueue refuses more rather than drop the oldest."""
         return self._spool.depth >= self._spool.max_items

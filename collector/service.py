@@ -50,6 +50,7 @@ _PUBACK_HEADER = bytes((paho.PUBACK, 2))
 RECEIVE_MAXIMUM = 65_535  # unacknowledged messages the broker may send: acks come only after each flush
 GC_YOUNG_THRESHOLD = 50_000  # allocations between collections of the youngest generation (Python's default: 700)
 GC_FULL_INTERVAL_S = 3600.0  # a full collection, frozen objects included (see _settle_heap)
+BATCHES_PER_LOOP = 5  # output batches one loop writes at most: its flush, held rack lines, site metrics, alerts, stats
 
 
 class BufferedClient(paho.Client):
@@ -209,7 +210,7 @@ class Collector:
                 continue
             backoff = 1.0
             now = time.monotonic()
-            if self.output.full:
+            if self.output.free_batches < BATCHES_PER_LOOP:  # room for all this loop may write, or no intake
                 self._log_limited("output-spool-full", logging.ERROR, backlog_batches=self.output.backlog_batches,
                                   target=self.output.target,
                                   action="InfluxDB has been unreachable for long: messages are no longer "
@@ -243,8 +244,8 @@ class Collector:
     def flush(self) -> None:
         """Account the pending messages, make the result durable, then acknowledge them.
 
-        Called only while the output spool has room (the run loop waits otherwise), so the batch's lines
-        always find a place in it."""
+        Called only while the output spool has room for a loop's batches (the run loop waits otherwise), so
+        the batch's lines, and the batches written after it in the same loop, always find a place in it."""
         batch, self.pending = self.pending, []
         now_ms = _now_ms()
         for topic, payload, _mid, _qos, retained in batch:
@@ -277,8 +278,7 @@ class Collector:
     def write_held_lines(self) -> None:
         """Write the rack and meter lines a flush held back while behind, then mark them written in the state
         (a collector that caught up, went idle or is stopping does not keep them for the next message)."""
-        if self.reporter.holding:
-            self.output.enqueue(self.reporter.accumulator_lines({}))
+        if self.reporter.holding and self.output.enqueue(self.reporter.accumulator_lines({})):
             self.store.save([], {}, lines_written=True)
 
     def evaluate_rules(self, now_ms: int) -> None:
@@ -312,7 +312,7 @@ class Collector:
         event(log, logging.DEBUG, "state-pruned", memory_entries=dropped, rows=deleted)
 
     def shutdown(self) -> None:
-        if self.pending:
+        if self.pending and self.output.free_batches >= BATCHES_PER_LOOP:  # else they wait at the broker
             self.flush()
         self.write_held_lines()
         self.output.enqueue(self.reporter.site_lines(_now_ms()))

@@ -1,4 +1,5 @@
-"""Collector faults against real servers: InfluxDB down mid-run, the collector SIGKILLed and restarted while
+"""Collector faults against real servers: InfluxDB down mid-run (and long enough to fill the output spool), the
+collector SIGKILLed and restarted while
 data keeps arriving, and the v2 write path into VictoriaMetrics. Afterwards every stored energy total and
 PUE is exact (see tests/test_collector_pipeline.py for the hand-computed figures)."""
 
@@ -12,6 +13,8 @@ import urllib.request
 
 import pytest
 
+from collector.output import SpooledOutput
+from collector.service import BATCHES_PER_LOOP
 from tests.servers import Mosquitto, VictoriaMetrics
 from tests.site_stream import BIN_MS, DEVICES, HOSTS, HOUR_MS, messages
 from tests.collector_harness import (RunningCollector, collector_config, publish_all, rows,
@@ -62,6 +65,50 @@ def test_influxdb_down_mid_run_loses_nothing(tmp_path, servers):
         assert wait_for(lambda: len(rows(db, "SELECT pue FROM site_metrics WHERE period='15m' AND pue_status='ok'")) == 2)
     finally:
         running.close()
+    assert_exact(db, start)
+
+
+def test_influxdb_down_until_the_output_spool_fills_refuses_no_batch_and_loses_nothing(tmp_path, servers,
+                                                                                      monkeypatch):
+    """The collector stops taking messages while the spool still has room for everything one loop writes after
+    its flush (held rack lines, site metrics, alerts, stats): no batch is ever refused and dropped, the
+    messages wait at the broker, and once InfluxDB is back every total is exact."""
+    broker, influx, db = servers
+    start = hour_ago()
+    data = site_data(start)
+    refused: list[str] = []
+    taken_by_spool = SpooledOutput.enqueue
+
+    def enqueue(output: SpooledOutput, lines: list[str]) -> bool:
+        taken = taken_by_spool(output, lines)
+        if not taken:
+            refused.append(lines[0])
+        return taken
+
+    monkeypatch.setattr(SpooledOutput, "enqueue", enqueue)
+    config = collector_config(tmp_path, broker, influx)
+    config = config.model_copy(update={
+        "state": config.state.model_copy(update={"output_spool_max_batches": 12}),
+        "report": config.report.model_copy(update={"metrics_interval_s": 0.05, "stats_interval_s": 0.05})})
+    influx.stop()
+    running = RunningCollector(config)
+    output = running.collector.output
+    try:
+        for i in range(0, len(data), 4):  # many small flushes
+            publish_all(broker.port, data[i:i + 4])
+            time.sleep(0.02)
+        assert wait_for(lambda: output.free_batches < BATCHES_PER_LOOP)
+        handled = running.collector.stats["messages"]
+        time.sleep(1.0)  # twenty metrics and stats rounds due: none may run while the intake is stopped
+        assert running.collector.stats["messages"] == handled < len(data)
+        assert output.free_batches >= 0 and output.stats().dropped_batches == 0
+        influx.start()
+        assert wait_for(lambda: running.collector.stats["messages"] >= len(data)
+                        and output.stats().backlog_batches == 0, timeout_s=60)
+        assert wait_for(lambda: len(rows(db, "SELECT pue FROM site_metrics WHERE period='15m' AND pue_status='ok'")) == 2)
+    finally:
+        running.close()
+    assert refused == []
     assert_exact(db, start)
 
 

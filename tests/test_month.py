@@ -18,17 +18,21 @@ parameter; delivering the whole month at month end would be refused as too-old, 
 - Missing rack: r02's agents are stopped on 15 Nov 09:00-12:00 local and start again with new sessions (a
   silence with an intact counter would lose nothing: the next point would carry the energy). 12 bins with host
   coverage 2/4 = 0.5: excluded from the PUE; 2 x 8 kW x 3 h = 48 kWh of IT energy unseen.
-- Wrapped counter: the contract's counters never wrap on the wire, so a meter register rollover reaches the
-  collector as the gateway starts a new session from 0. The utility meter's register rolls over on 25 Nov:
-  last reading of the old session at 12:05 local, first of the new one at 12:10. Bin 12:00 keeps 10 of its
-  15 minutes (2 x 5 min x 30 kW = 5 kWh, 2.5 kWh lost): coverage 2/3 < 0.999, not facility-complete (1 bin).
+- Meter reset: the utility meter is replaced on 25 Nov, so its register starts again from 0 and the gateway
+  starts a new session: last reading of the old session at 12:05 local, first of the new one at 12:10. Bin
+  12:00 keeps 10 of its 15 minutes (2 x 5 min x 30 kW = 5 kWh, 2.5 kWh lost): coverage 2/3 < 0.999, not
+  facility-complete (1 bin).
+- Wrapped counter: the PV meter's lifetime register is a uint32 count of kJ, read through the gateway's own
+  EnergyCounter (agent/gateway/poller.py), and starts the month 536 MJ below its maximum. It rolls over on
+  2 Nov; the gateway unwraps it and the session goes on, so nothing is lost and the table below
+  has no line for it. (The contract's counters never wrap on the wire: unwrapping is the sender's job.)
 - Certificates: 20 GECs (20,000 kWh) for [2026-11-01, 2026-12-01), the site's ledger.
 
 Hand-computed month (factors: central 2023 0.5271, national residual 2023 0.6096, diesel 0.762 kgCO2/kWh):
 
-    facility-complete bins  2880 - 1 (rollover)                          = 2879
+    facility-complete bins  2880 - 1 (reset)                             = 2879
     E_facility              2879 x 12.5                                  = 35,987.5 kWh
-    PV                      30 x 120 - 5 (PV in the rollover bin)        = 3,595 kWh
+    PV                      30 x 120 - 5 (PV in the reset bin)           = 3,595 kWh
     diesel                                                                 100 kWh
     grid                    35,987.5 - 3,595 - 100                       = 32,292.5 kWh
     GEC share               20,000 x 2879 / 2880                         = 19,993.0555... kWh (< grid: all claimed)
@@ -55,6 +59,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from agent.gateway.poller import CounterEvent, CounterStep, EnergyCounter
+from agent.gateway.registers import RegisterSpec
 from collector.book import EnergyBook
 from collector.ingest import Ingest
 from collector.ledger import load_site_ledgers
@@ -89,7 +95,9 @@ DIESEL_W = 50_000.0
 RESTART_LAST = local("2026-11-08T03:05")  # h01: last sample of the old session; the new one starts 5 min later
 RACK_DOWN, RACK_UP = local("2026-11-15T09:00"), local("2026-11-15T12:00")  # r02's agents stopped
 DIESEL_ON, DIESEL_OFF = local("2026-11-22T02:00"), local("2026-11-22T04:00")
-ROLLOVER_LAST = local("2026-11-25T12:05")  # utility meter: last reading before the register rolled over
+RESET_LAST = local("2026-11-25T12:05")  # utility meter: last reading before it was replaced
+PV_REGISTER = RegisterSpec(address=0, data_type="uint32", scale=1 / 3600)  # kJ (in kWh): every step a whole number
+PV_REGISTER_START = 2**32 - 536_000  # kJ when the month begins: it wraps after 536 MJ, on 2 Nov (432 MJ a day)
 
 SITE_YAML = """
 sites:
@@ -128,6 +136,19 @@ PV = Device("facility", "main", "pv-1", "meter", 0.0, MeterRole.ONSITE_GENERATIO
 DIESEL = Device("facility", "main", "diesel-1", "meter", 0.0, MeterRole.ONSITE_GENERATION, EnergySource.DIESEL)
 
 Session = tuple[str, int, int]  # (session id, first sample ms, last sample ms)
+
+
+class RecordingCounter(EnergyCounter):
+    """The gateway's register counter, remembering what each read was (advance, rollover, reset...)."""
+
+    def __init__(self, spec: RegisterSpec):
+        super().__init__(spec)
+        self.events: list[CounterEvent] = []
+
+    def update(self, raw: int | float) -> CounterStep:
+        step = super().update(raw)
+        self.events.append(step.event)
+        return step
 Message = tuple[int, str, bytes]  # (delivery ms, topic, payload)
 
 
@@ -167,8 +188,10 @@ def host_messages(device: Device, sessions: list[Session]) -> list[Message]:
     return out
 
 
-def meter_messages(device: Device, sessions: list[Session], power_w: Callable[[int], float]) -> list[Message]:
-    """A meter gateway's cumulative register, in joules since its session began, for a piecewise power curve."""
+def meter_messages(device: Device, sessions: list[Session], power_w: Callable[[int], float],
+                   register: EnergyCounter | None = None) -> list[Message]:
+    """A meter gateway's cumulative register, in joules since its session began, for a piecewise power curve.
+    With `register`, the energy goes through a kJ register (PV_REGISTER from PV_REGISTER_START), read by it."""
     out = []
     for session, first, last in sessions:
         energy_j = 0.0
@@ -176,22 +199,27 @@ def meter_messages(device: Device, sessions: list[Session], power_w: Callable[[i
             watts = power_w(ts - STEP_MS)
             if seq:
                 energy_j += watts * STEP_MS / 1000
+            if register is not None:  # every step's energy is a whole number of kJ
+                raw = (PV_REGISTER_START + round(energy_j / 1000)) % (PV_REGISTER.max_raw + 1)
+                sent_j = register.update(raw).energy_j
+            else:
+                sent_j = energy_j
             reading = Reading(component=Component.METER, id="main", method=Method.METER, power_w=watts,
-                              energy_j=energy_j, role=device.role, source=device.source)
+                              energy_j=sent_j, role=device.role, source=device.source)
             batch = SampleBatch(kind="meter", session=session,
                                 samples=[Sample(seq=seq, ts_ms=ts, interval_s=STEP_MS / 1000, readings=[reading])])
             out.append((ts + DELIVERY_DELAY_MS, device.topic(), encode(batch)))
     return out
 
 
-def month_of_messages() -> list[Message]:
+def month_of_messages(pv_register: EnergyCounter) -> list[Message]:
     messages = (
         host_messages(H01, broken_session("h01", RESTART_LAST, RESTART_LAST + STEP_MS))
         + host_messages(H02, one_session("h02"))
         + host_messages(H03, broken_session("h03", RACK_DOWN, RACK_UP))
         + host_messages(H04, broken_session("h04", RACK_DOWN, RACK_UP))
-        + meter_messages(UTILITY, broken_session("utility", ROLLOVER_LAST, ROLLOVER_LAST + STEP_MS), grid_w)
-        + meter_messages(PV, one_session("pv"), pv_w)
+        + meter_messages(UTILITY, broken_session("utility", RESET_LAST, RESET_LAST + STEP_MS), grid_w)
+        + meter_messages(PV, one_session("pv"), pv_w, pv_register)
         + meter_messages(DIESEL, one_session("diesel"), diesel_w)
     )
     return sorted(messages, key=lambda m: m[0])  # as they arrive: interleaved in time
@@ -254,7 +282,7 @@ def check_restart_bin(reporter: Reporter) -> None:
     assert m.e_facility_kwh == pytest.approx(12.5, rel=REL)
 
 
-def check_rollover_bin(reporter: Reporter) -> None:
+def check_reset_bin(reporter: Reporter) -> None:
     """25 Nov 12:00: the utility meter's 12:05-12:10 not counted: 30 kW x 5 min = 2.5 kWh lost, coverage 2/3."""
     start = local("2026-11-25T12:00")
     b = reporter.book.site_bin("dc1", start)
@@ -267,7 +295,7 @@ def check_rollover_bin(reporter: Reporter) -> None:
 
 # --- the month --------------------------------------------------------------------------------------------------
 
-def test_november_with_pv_diesel_certificates_restart_rollover_and_missing_rack(tmp_path: Path):
+def test_november_with_pv_diesel_certificates_restart_reset_wrap_and_missing_rack(tmp_path: Path):
     (tmp_path / "ledger.yaml").write_text(LEDGER_YAML)
     (tmp_path / "site.yaml").write_text(SITE_YAML)
     config = load_site_config(tmp_path / "site.yaml")
@@ -276,7 +304,9 @@ def test_november_with_pv_diesel_certificates_restart_rollover_and_missing_rack(
     ingest = Ingest(index, book, "dcem")
     reporter = Reporter(index, book, load_site_ledgers(config), {"dc1": site_factors(config.sites[0])})
 
-    messages = month_of_messages()
+    pv_register = RecordingCounter(PV_REGISTER)
+    messages = month_of_messages(pv_register)
+    assert pv_register.events.count(CounterEvent.ROLLOVER) == 1 and CounterEvent.RESET not in pv_register.events
     began = time.perf_counter()
     refused = [(topic, r) for now_ms, topic, payload in messages if (r := ingest.handle(topic, payload, now_ms))]
     ingest_s = time.perf_counter() - began
@@ -292,12 +322,12 @@ def test_november_with_pv_diesel_certificates_restart_rollover_and_missing_rack(
     assert (f.grid.value_kg_per_kwh, f.grid.year, f.residual.value_kg_per_kwh, f.diesel.value_kg_per_kwh) == (
         0.5271, 2023, 0.6096, 0.762)
 
-    # facility energy, green and carbon: the 2879 facility-complete bins (all but the rollover bin)
+    # facility energy, green and carbon: the 2879 facility-complete bins (all but the reset bin)
     facility_bins = BINS_IN_MONTH - 1
     e_facility = facility_bins * 12.5  # 35,987.5 kWh
-    pv = 30 * 120 - 5  # 3,595 kWh: 6 h x 20 kW a day, less the rollover bin's 5 kWh
+    pv = 30 * 120 - 5  # 3,595 kWh: 6 h x 20 kW a day, less the reset bin's 5 kWh (the PV wrap loses nothing)
     diesel = 100.0  # 2 h x 50 kW
-    grid = e_facility - pv - diesel  # 32,292.5 kWh = 36,000 - 3,600 - 100 - 7.5 (rollover bin's grid)
+    grid = e_facility - pv - diesel  # 32,292.5 kWh = 36,000 - 3,600 - 100 - 7.5 (reset bin's grid)
     gec = 20_000 * facility_bins / BINS_IN_MONTH  # 19,993.06 kWh, below the grid energy: all claimed
     assert m.bins_total == BINS_IN_MONTH
     assert m.bins_facility_complete == facility_bins
@@ -340,4 +370,4 @@ def test_november_with_pv_diesel_certificates_restart_rollover_and_missing_rack(
     check_rack_bin(reporter)
     check_diesel_bin(reporter)
     check_restart_bin(reporter)
-    check_rollover_bin(reporter)
+    check_reset_bin(reporter)

@@ -1,4 +1,4 @@
-"""Turns the energy book into InfluxDB lines: energy per rack and meter per bin, and site metrics per period.
+"""Turns the energy book into InfluxDB lines: energy per rack, room and meter per bin, and site metrics per period.
 
 Pure: the evaluation instant is a parameter. Site metrics are written for every period that new data
 touched (its 15-minute bin once ended, its hour, its local day, its local month) and for the standard
@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 import pandas as pd
 
 from collector.accounting import BIN_MS
-from collector.book import J_PER_KWH, Accumulator, AccumulatorKey, EnergyBook
+from collector.book import J_PER_KWH, ROLLUP_SCOPES, Accumulator, AccumulatorKey, EnergyBook
 from collector.factors import FactorTable, diesel_factor, grid_factor, residual_factor
 from collector.ledger import Ledger, green_instruments_kwh
 from collector import lineproto
@@ -24,7 +24,7 @@ from collector.metrics import HOUR_MS, SiteBin, SiteFactors, SiteMetrics, metric
 from collector.site import Site, SiteIndex
 
 Period = tuple[str, int, int]
-_LINE_SCOPES = ("rack", "meter")  # accumulators with a line of their own (rack_energy, meter_energy)
+_LINE_SCOPES = ("rack", "room", "meter")  # accumulators with a line of their own (rack_, room_, meter_energy)
 
 
 def site_factors(site: Site, table: FactorTable | None = None) -> SiteFactors:
@@ -55,7 +55,7 @@ class Reporter:
 
     def accumulator_lines(self, changed: Mapping[AccumulatorKey, Accumulator], now_s: float = 0.0,
                           hold_s: float = 0.0) -> list[str]:
-        """Lines for the rack and meter accumulators changed since their last line, with their current values;
+        """Lines for the rack, room and meter accumulators changed since their last line, with their current values;
         remembers which site bins changed.
 
         hold_s > 0 (the caller has more messages waiting): the lines are held back while the last ones were
@@ -78,7 +78,7 @@ class Reporter:
 
     @property
     def holding(self) -> bool:
-        """Whether some rack or meter lines are held back (see accumulator_lines)."""
+        """Whether some rack, room or meter lines are held back (see accumulator_lines)."""
         return bool(self.book.unwritten)
 
     def touch(self, site_id: str, bin_starts: Iterable[int]) -> None:
@@ -124,7 +124,7 @@ class Reporter:
         return tuple(green_instruments_kwh(ledger, _utc(start), _utc(end)))
 
     def _accumulator_line(self, key: AccumulatorKey, acc: Accumulator) -> str | None:
-        if key[0] == "rack":
+        if key[0] in ROLLUP_SCOPES:
             series, hosts = self._series_of(key)
             return lineproto.point(series, {
                 "energy_kwh": max(0.0, acc.energy_j) / J_PER_KWH,
@@ -141,14 +141,18 @@ class Reporter:
         return None
 
     def _series_of(self, key: AccumulatorKey) -> tuple[str, int]:
-        """The escaped series of a rack or meter accumulator (and a rack's expected hosts, at least 1), made once
-        per rack or meter."""
+        """The escaped series of a rack, room or meter accumulator (and a rack's or room's expected hosts, at
+        least 1), made once per rack, room or meter."""
         found = self._series.get(key[:-1])
         if found is None:
             if key[0] == "rack":
                 _, site, room, rack, _start = key
                 hosts = len(self.index.expected_hosts(site, room, rack)) or 1
                 found = (lineproto.series("rack_energy", {"site": site, "room": room, "rack": rack}), hosts)
+            elif key[0] == "room":
+                _, site, room, _start = key
+                hosts = len(self.index.expected_hosts(site, room)) or 1
+                found = (lineproto.series("room_energy", {"site": site, "room": room}), hosts)
             else:
                 _, site, meter_id, _start = key
                 meter = next(m for m in self.index.expected_meters(site) if m.device == meter_id)

@@ -165,6 +165,16 @@ def drilldown(rules: list[Rule]) -> dict:
     def per(measurement: str, fields: list[str], where: list[str], tags: list[str]) -> str:
         return q.select(fields, measurement, [*where, q.TIME_FILTER], q.per_interval(tags), FILL)
 
+    rooms = [SITE, q.matches("room")]
+    board.add(timeseries("Room energy", [target(per("room_energy", [q.call("sum", "energy_kwh")], rooms, ["room"]),
+                                                alias="$tag_room")],
+                         KWH, bars=True, stacked=True, interval="15m",
+                         description="Server-input energy of each room's hosts per 15-minute bin (estimated)."),
+              12, 8)
+    board.add(timeseries("Room host coverage and utilisation", [
+        target(per("room_energy", [q.call("mean", "host_coverage"), q.call("mean", "cpu_util"),
+                                   q.call("mean", "gpu_util")], rooms, ["room"]), alias="$tag_room $col")],
+        RATIO, interval="15m"), 12, 8)
     racks = ["room", "rack"]  # rack ids repeat across rooms
     board.add(timeseries("Rack energy", [target(per("rack_energy", [q.call("sum", "energy_kwh")], location, racks),
                                                 alias="$tag_room $tag_rack")],
@@ -208,5 +218,5 @@ def drilldown(rules: list[Rule]) -> dict:
                                        f'{" AND ".join(location)}', multi=True),
     ]
     return board.dashboard("dcem-drilldown", "dc-energy-monitor: racks, hosts and GPUs",
-                           "Rack energy, coverage and utilisation; host power; GPU power against its limit, "
+                           "Room and rack energy, coverage and utilisation; host power; GPU power against its limit, "
                            "utilisation and temperature.", variables, "now-24h")

@@ -217,7 +217,7 @@ def report(db: InfluxV1Writer, scenario, begin: int) -> None:
               f"meter, so it gets no PUE: withheld rather than guessed)")
     report_alerts(db, site, scenario.timezone, begin)
     print(f"\nThe data was in {db.target}: measurements site_metrics (PUE, CUE, green "
-          "ratio by period), rack_energy, meter_energy, host, gpu, meter, device_status, alert, collector_stats "
+          "ratio by period), rack_energy, room_energy, meter_energy, host, gpu, meter, device_status, alert, collector_stats "
           "(docs/influx-schema.md). The demo's servers stop now.")
 
 

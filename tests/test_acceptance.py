@@ -56,6 +56,8 @@ def test_a_simulated_day_through_agents_gateway_broker_collector_and_influxdb_eq
             db, f"SELECT * FROM site_metrics WHERE period='{period}' AND time >= {begin - 86_400_000}ms")}
             for period in ("1h", "1d")}
         racks = rows(db, f"SELECT sum(energy_kwh) FROM rack_energy WHERE time >= {begin}ms")
+        room_kwh = {room: rows(db, f"SELECT sum(energy_kwh) FROM room_energy WHERE room='{room}' "
+                                   f"AND time >= {begin}ms")[0]["sum"] for room in {h.room for h in hosts(scenario)}}
         meter_kwh = {m.id: rows(db, f"SELECT sum(energy_kwh) FROM meter_energy WHERE meter='{m.id}' "
                                     f"AND time >= {begin}ms")[0]["sum"] for m in meters(scenario)}
     finally:
@@ -77,6 +79,9 @@ def test_a_simulated_day_through_agents_gateway_broker_collector_and_influxdb_eq
             assert stored["1d"][start][field] == pytest.approx(day[expected], rel=ROUNDING, abs=0), (field, day["period"])
     run = truth["run"]
     assert racks[0]["sum"] == pytest.approx(run["e_it_kwh"], rel=ROUNDING)
+    for room, kwh in room_kwh.items():  # each room: the energy of its hosts, whichever rack they are in
+        room_j = sum(truth["device_energy_j"][h.id] for h in hosts(scenario) if h.room == room)
+        assert kwh == pytest.approx(room_j / 3.6e6, rel=ROUNDING), room
     for meter_id, kwh in meter_kwh.items():
         assert kwh == pytest.approx(truth["device_energy_j"][meter_id] / 3.6e6, rel=ROUNDING), meter_id
     assert sum(row["e_facility_kwh"] for row in complete) == pytest.approx(run["e_facility_kwh"], rel=ROUNDING)

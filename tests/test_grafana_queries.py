@@ -333,7 +333,7 @@ def test_site_dashboard(day):
 
 @pytest.mark.parametrize("picks", [{}, {"room": ["hall-a"], "rack": ["r01", "r02"], "host": [HOST]}],
                          ids=["all", "one-host"])
-def test_rack_host_and_gpu_drilldown(day, picks):
+def test_room_rack_host_and_gpu_drilldown(day, picks):
     board = model.dashboards()["dcem-drilldown.json"]
     values, _ = resolve_variables(day, board, picks)
 
@@ -342,7 +342,14 @@ def test_rack_host_and_gpu_drilldown(day, picks):
         return [p for p in points if p["site"] == values["site"] and all(p[n] in values[n] for n in names)]
 
     racks, hosts, gpus = chosen(day.raw("rack_energy"), False), chosen(day.raw("host")), chosen(day.raw("gpu"))
+    rooms = [p for p in day.raw("room_energy") if p["site"] == values["site"] and p["room"] in values["room"]]
     rack_tags, gpu_tags = ["room", "rack"], ["gpu", "host"]
+    racks_of_room: dict[tuple, float] = {}
+    for rack in day.raw("rack_energy"):
+        key = (rack["room"], rack["time"])
+        racks_of_room[key] = racks_of_room.get(key, 0.0) + rack["energy_kwh"]
+    assert rooms and all(room["energy_kwh"] == pytest.approx(racks_of_room[(room["room"], room["time"])], rel=REL)
+                         for room in rooms)  # a room's bin: the sum of its racks' bins
     limited = {g["gpu"] for g in gpus if g.get("power_limit_w") is not None}
     assert limited == {GPU}
 
@@ -363,7 +370,16 @@ def test_rack_host_and_gpu_drilldown(day, picks):
         assert_same(results["A"], expected, "power / limit")
         assert any(p["gpu_power_limit_ratio"] for points in results["A"].values() for p in points)
 
+    def room_energy(results):
+        assert_same(results["A"], bucketed(rooms, ["room"], ["energy_kwh"], sum), "room energy")
+        if not picks:
+            summed = sum(p["energy_kwh"] for points in results["A"].values() for p in points)
+            assert summed == pytest.approx(day.truth["run"]["e_it_kwh"], rel=REL)
+
     run_panels(day, board, values, {
+        "Room energy": room_energy,
+        "Room host coverage and utilisation": same(bucketed(rooms, ["room"], ["host_coverage", "cpu_util",
+                                                                             "gpu_util"]), "room coverage"),
         "Rack energy": rack_energy,
         "Rack energy over the time range": same(total(racks, "energy_kwh", rack_tags, day.start), "rack totals"),
         "Rack host coverage": same(bucketed(racks, rack_tags, ["host_coverage"]), "host coverage"),

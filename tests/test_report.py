@@ -224,14 +224,14 @@ def test_site_factors_take_the_site_s_diesel_figure_and_coverage_threshold():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Reporter: rack and meter energy lines, site lines
+# Reporter: rack, room and meter energy lines, site lines
 # ---------------------------------------------------------------------------------------------------------------
 
 def reporter(book: EnergyBook) -> Reporter:
     return Reporter(INDEX, book, {}, {"dc1": site_factors(DC1)})
 
 
-def test_accumulator_lines_for_a_rack_and_a_meter():
+def test_accumulator_lines_for_a_rack_its_room_and_a_meter():
     book = EnergyBook(INDEX)
     # h01: 0-10 min at 500 W = 300 000 J; cpu 0.5 x 600 s. h02 silent.
     book.add_host_point(H01, Point("s-h01", 0, T, 0.0), None)
@@ -240,14 +240,16 @@ def test_accumulator_lines_for_a_rack_and_a_meter():
     book.add_meter_point(UTILITY, Point("s-utility", 0, T, 0.0))
     book.add_meter_point(UTILITY, Point("s-utility", 1, T + 6 * MIN, 324_000.0))
     lines = sorted(parse(text) for text in reporter(book).accumulator_lines(book.take_dirty()))
-    assert [(m, ts) for m, _, _, ts in lines] == [("meter_energy", T), ("rack_energy", T)]  # none for "hosts"
-    (_, meter_tags, meter_fields, _), (_, rack_tags, rack_fields, _) = lines
+    assert [(m, ts) for m, _, _, ts in lines] == [("meter_energy", T), ("rack_energy", T), ("room_energy", T)]
+    (_, meter_tags, meter_fields, _), (_, rack_tags, rack_fields, _), (_, room_tags, room_fields, _) = lines
     assert rack_tags == {"site": "dc1", "room": "hall-a", "rack": "r01"}
     assert rack_fields == {
         "energy_kwh": pytest.approx(300_000 / 3.6e6),  # 0.08333 kWh
         "host_coverage": pytest.approx(1 / 3),  # 600 000 ms / (900 000 ms x 2 hosts)
         "cpu_util": 0.5, "gpu_util": 0.8,
     }
+    assert room_tags == {"site": "dc1", "room": "hall-a"}
+    assert room_fields == rack_fields  # hall-a's only rack is r01, with both its hosts
     assert meter_tags == {"site": "dc1", "meter": "utility-1", "role": "facility-input", "source": "grid"}
     assert meter_fields == {"energy_kwh": pytest.approx(0.09), "coverage": pytest.approx(0.4)}  # 324 000 J, 6/15
 
@@ -286,17 +288,17 @@ def test_accumulator_lines_held_back_while_behind_come_later_with_the_latest_val
     r = reporter(book)
     book.add_host_point(H01, Point("s-h01", 0, T, 0.0), None)
     book.add_host_point(H01, Point("s-h01", 1, T + 5 * MIN, 150_000.0), None)
-    assert len(r.accumulator_lines(book.take_dirty(), now_s=100.0, hold_s=10.0)) == 1  # first lines: not held
+    assert len(r.accumulator_lines(book.take_dirty(), now_s=100.0, hold_s=10.0)) == 2  # rack and room: not held
     book.add_host_point(H01, Point("s-h01", 2, T + 10 * MIN, 300_000.0), None)
     assert r.accumulator_lines(book.take_dirty(), now_s=105.0, hold_s=10.0) == []  # 5 s after the last lines
-    assert r.holding and book.unwritten == {("rack", "dc1", "hall-a", "r01", T)}
+    assert r.holding and book.unwritten == {("rack", "dc1", "hall-a", "r01", T), ("room", "dc1", "hall-a", T)}
     book.add_meter_point(UTILITY, Point("s-utility", 0, T, 0.0))
     book.add_meter_point(UTILITY, Point("s-utility", 1, T + 6 * MIN, 324_000.0))
     assert r.accumulator_lines(book.take_dirty(), now_s=109.0, hold_s=10.0) == []
     # 10 s after the last lines: every held accumulator, once, with its current value
     lines = sorted(parse(text) for text in r.accumulator_lines({}, now_s=110.0, hold_s=10.0))
-    assert [(m, ts) for m, _, _, ts in lines] == [("meter_energy", T), ("rack_energy", T)]
-    assert lines[1][2]["energy_kwh"] == pytest.approx(300_000 / 3.6e6)
+    assert [(m, ts) for m, _, _, ts in lines] == [("meter_energy", T), ("rack_energy", T), ("room_energy", T)]
+    assert lines[1][2]["energy_kwh"] == lines[2][2]["energy_kwh"] == pytest.approx(300_000 / 3.6e6)
     assert not r.holding and book.unwritten == set()
 
 
@@ -308,8 +310,9 @@ def test_accumulator_lines_not_held_when_the_caller_is_not_behind():
     assert r.accumulator_lines(book.take_dirty(), now_s=100.0, hold_s=10.0)
     book.add_host_point(H01, Point("s-h01", 2, T + 10 * MIN, 300_000.0), None)
     assert r.accumulator_lines(book.take_dirty(), now_s=101.0, hold_s=10.0) == []
-    (text,) = r.accumulator_lines({}, now_s=101.5)  # hold_s 0: everything held is written now
-    assert parse(text)[2]["energy_kwh"] == pytest.approx(300_000 / 3.6e6)
+    written = r.accumulator_lines({}, now_s=101.5)  # hold_s 0: everything held is written now
+    assert sorted(parse(text)[0] for text in written) == ["rack_energy", "room_energy"]
+    assert all(parse(text)[2]["energy_kwh"] == pytest.approx(300_000 / 3.6e6) for text in written)
 
 
 def test_held_lines_still_mark_their_site_bins_for_the_site_metrics():

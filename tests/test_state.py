@@ -358,6 +358,20 @@ def test_forgetting_old_bins_in_memory_and_on_disk_agree(tmp_path):
     assert rows(again) == rows(book)
 
 
+def test_room_bins_are_forgotten_with_rack_bins_and_site_bins_later_in_memory_and_on_disk(tmp_path):
+    store = StateStore(tmp_path / "state.db")
+    book = busy_book(store)
+    cutoff = T + BIN_MS  # rack and room bins before the second bin go; every site bin stays
+    book.forget(sessions_before_ms=0, rack_bins_before_ms=cutoff, site_bins_before_ms=0)
+    store.prune(rack_bins_before_ms=cutoff, site_bins_before_ms=0)
+    store.close()
+    kinds_before_cutoff = {key[0] for key in book.accumulators if key[-1] < cutoff}
+    assert kinds_before_cutoff == {"hosts", "meter"}
+    assert {key[0] for key in book.accumulators if key[-1] >= cutoff} >= {"rack", "room"}
+    again, _ = restored(tmp_path / "state.db")
+    assert rows(again) == rows(book)
+
+
 # Rack and meter lines held back by the reporter (Reporter.accumulator_lines): saved as unwritten, so that a
 # collector killed before writing them writes them after its restart.
 
@@ -406,9 +420,10 @@ def test_lines_held_when_the_collector_died_are_written_by_the_restarted_one(tmp
     again, _ = restored(tmp_path / "state.db")
     reporter = Reporter(INDEX, again, {}, {"dc1": site_factors(INDEX.site("dc1"))})
     lines = sorted(parse(text) for text in reporter.accumulator_lines({}, now_s=5.0, hold_s=10.0))
-    assert [(m, tags.get("rack") or tags.get("meter"), ts) for m, tags, _, ts in lines] == [
-        ("meter_energy", "utility-1", T), ("rack_energy", "r01", T)]
-    assert lines[1][2]["energy_kwh"] == pytest.approx(120_000 / 3.6e6)  # h01 up to seq 2: 4 min at 500 W
+    assert [(m, tags.get("rack") or tags.get("meter") or tags["room"], ts) for m, tags, _, ts in lines] == [
+        ("meter_energy", "utility-1", T), ("rack_energy", "r01", T), ("room_energy", "hall-a", T)]
+    for rollup in lines[1:]:
+        assert rollup[2]["energy_kwh"] == pytest.approx(120_000 / 3.6e6)  # h01 up to seq 2: 4 min at 500 W
 
 
 def test_a_state_from_before_line_epochs_and_the_point_log_loads_whole(tmp_path):

@@ -1,7 +1,7 @@
 """The collector's energy book: accepted points in, energy per rack, meter and site per 15-minute bin out.
 
 Pure: no I/O and no clock. Hosts contribute their server-input estimate (the IT energy when no IT meter
-exists) to their rack, their room and their site's host total; meters contribute to themselves. Each accumulator
+exists) to their rack and to their site's host total; meters contribute to themselves. Each accumulator
 holds energy, the time its counters covered, and utilisation weighted by time, so bins add up exactly.
 `site_bin` turns a site's accumulators for one bin into the metrics module's SiteBin, listing every
 expected meter (silent ones with coverage 0) and every expected host.
@@ -19,10 +19,8 @@ from collector.site import HostInfo, MeterInfo, SiteIndex
 
 J_PER_KWH = 3.6e6
 
-# Accumulator keys: ("rack", site, room, rack, bin), ("room", site, room, bin), ("hosts", site, bin),
-# ("meter", site, meter_id, bin)
+# Accumulator keys: ("rack", site, room, rack, bin), ("hosts", site, bin), ("meter", site, meter_id, bin)
 AccumulatorKey = tuple
-ROLLUP_SCOPES = ("rack", "room")  # host roll-ups below the site: kept only as long as a late message may change them
 
 
 class Utilisation(NamedTuple):
@@ -51,6 +49,15 @@ class Accumulator:
             self.gpu_util_weighted += gpu * seconds
             self.gpu_util_weight += seconds
 
+    def add(self, other: Accumulator) -> None:
+        """Add another accumulator's sums to this one's (a room's bin is the sum of its racks' bins)."""
+        self.energy_j += other.energy_j
+        self.covered_ms += other.covered_ms
+        self.cpu_util_weighted += other.cpu_util_weighted
+        self.cpu_util_weight += other.cpu_util_weight
+        self.gpu_util_weighted += other.gpu_util_weighted
+        self.gpu_util_weight += other.gpu_util_weight
+
     def as_row(self) -> tuple[float, ...]:
         return (self.energy_j, self.covered_ms, self.cpu_util_weighted, self.cpu_util_weight,
                 self.gpu_util_weighted, self.gpu_util_weight)
@@ -71,8 +78,8 @@ class EnergyBook:
 
     def add_host_point(self, host: HostInfo, point: Point, utilisation: Utilisation | None) -> str:
         """Account one host server-input point. Returns 'new', 'duplicate' or 'refinement-ignored'."""
-        return self._account(host.stream, point, (("rack", host.site, host.room, host.rack),
-                                                  ("room", host.site, host.room), ("hosts", host.site)), utilisation)
+        return self._account(host.stream, point, (("rack", host.site, host.room, host.rack), ("hosts", host.site)),
+                             utilisation)
 
     def add_meter_point(self, meter: MeterInfo, point: Point) -> str:
         """Account one meter point. Returns 'new', 'duplicate' or 'refinement-ignored'."""
@@ -124,7 +131,7 @@ class EnergyBook:
         return points
 
     def forget(self, sessions_before_ms: int, rack_bins_before_ms: int, site_bins_before_ms: int) -> int:
-        """Drop what can no longer change: sessions silent since sessions_before_ms, rack and room bins older than
+        """Drop what can no longer change: sessions silent since sessions_before_ms, rack bins older than
         rack_bins_before_ms and site (hosts and meter) bins older than site_bins_before_ms. Returns how
         many entries went. The cut-offs must lie before anything the collector still accepts, or a late
         message would rebuild a bin from a part of its energy."""
@@ -134,11 +141,11 @@ class EnergyBook:
             if not self.streams[stream].sessions:
                 del self.streams[stream]
         for key in [k for k in self.accumulators
-                    if k[-1] < (rack_bins_before_ms if k[0] in ROLLUP_SCOPES else site_bins_before_ms)]:
+                    if k[-1] < (rack_bins_before_ms if k[0] == "rack" else site_bins_before_ms)]:
             del self.accumulators[key]
             self.dirty.pop(key, None)
             self.unwritten.discard(key)
-            if key[0] not in ROLLUP_SCOPES:
+            if key[0] != "rack":
                 self.bins_by_site.get(key[1], set()).discard(key[-1])
             dropped += 1
         return dropped

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 import pandas as pd
 
 from collector.accounting import BIN_MS
-from collector.book import J_PER_KWH, ROLLUP_SCOPES, Accumulator, AccumulatorKey, EnergyBook
+from collector.book import J_PER_KWH, Accumulator, AccumulatorKey, EnergyBook
 from collector.factors import FactorTable, diesel_factor, grid_factor, residual_factor
 from collector.ledger import Ledger, green_instruments_kwh
 from collector import lineproto
@@ -24,7 +24,8 @@ from collector.metrics import HOUR_MS, SiteBin, SiteFactors, SiteMetrics, metric
 from collector.site import Site, SiteIndex
 
 Period = tuple[str, int, int]
-_LINE_SCOPES = ("rack", "room", "meter")  # accumulators with a line of their own (rack_, room_, meter_energy)
+_LINE_SCOPES = ("rack", "meter")  # accumulators with a line of their own (rack_energy, meter_energy)
+_HOST_ROLLUPS = ("rack", "room")  # lines of the hosts' energy, coverage and utilisation (rack_energy, room_energy)
 
 
 def site_factors(site: Site, table: FactorTable | None = None) -> SiteFactors:
@@ -52,11 +53,12 @@ class Reporter:
         self._touched: dict[str, set[int]] = {}
         self._lines_at = float("-inf")
         self._series: dict[tuple, tuple[str, int]] = {}
+        self._racks: dict[tuple[str, str], list[str]] = {}  # by (site, room): the room's racks
 
     def accumulator_lines(self, changed: Mapping[AccumulatorKey, Accumulator], now_s: float = 0.0,
                           hold_s: float = 0.0) -> list[str]:
-        """Lines for the rack, room and meter accumulators changed since their last line, with their current values;
-        remembers which site bins changed.
+        """Lines for the rack and meter accumulators changed since their last line, with their current values,
+        and for the rooms of those racks (each the sum of its racks in that bin); remembers which site bins changed.
 
         hold_s > 0 (the caller has more messages waiting): the lines are held back while the last ones were
         written less than hold_s before now_s (seconds, any monotonic clock). Held accumulators wait in
@@ -73,12 +75,33 @@ class Reporter:
         accumulators = self.book.accumulators
         lines = [text for key in held
                  if (acc := accumulators.get(key)) is not None and (text := self._accumulator_line(key, acc))]
+        lines += self._room_lines({(key[1], key[2], key[-1]) for key in held if key[0] == "rack"})
         held.clear()
         return lines
 
+    def _room_lines(self, room_bins: Iterable[tuple[str, str, int]]) -> list[str]:
+        """room_energy lines of these (site, room, bin start): the sum of the room's rack accumulators in the bin,
+        summed when a rack line of the room is written (not per message, which would cost every message)."""
+        accumulators, lines = self.book.accumulators, []
+        for site, room, start in room_bins:
+            total = Accumulator()
+            for rack in self._racks_of(site, room):
+                acc = accumulators.get(("rack", site, room, rack, start))
+                if acc is not None:
+                    total.add(acc)
+            if text := self._accumulator_line(("room", site, room, start), total):
+                lines.append(text)
+        return lines
+
+    def _racks_of(self, site: str, room: str) -> list[str]:
+        found = self._racks.get((site, room))
+        if found is None:
+            found = self._racks[(site, room)] = sorted({host.rack for host in self.index.expected_hosts(site, room)})
+        return found
+
     @property
     def holding(self) -> bool:
-        """Whether some rack, room or meter lines are held back (see accumulator_lines)."""
+        """Whether some rack or meter lines are held back (see accumulator_lines)."""
         return bool(self.book.unwritten)
 
     def touch(self, site_id: str, bin_starts: Iterable[int]) -> None:
@@ -124,7 +147,7 @@ class Reporter:
         return tuple(green_instruments_kwh(ledger, _utc(start), _utc(end)))
 
     def _accumulator_line(self, key: AccumulatorKey, acc: Accumulator) -> str | None:
-        if key[0] in ROLLUP_SCOPES:
+        if key[0] in _HOST_ROLLUPS:
             series, hosts = self._series_of(key)
             return lineproto.point(series, {
                 "energy_kwh": max(0.0, acc.energy_j) / J_PER_KWH,

@@ -17,8 +17,8 @@ head of the log long after they arrived (a site publishing every 10 s with `keep
 arrived), so a pass appends again little more than each session's earliest point and the points of devices that
 went quiet.
 
-Accumulators whose rack_energy / room_energy / meter_energy line is not in the output spool yet (the reporter holds
-lines back while more messages wait, see Reporter.accumulator_lines) are saved as such: while lines are held back, saved
+Accumulators whose rack_energy / meter_energy line is not in the output spool yet (the reporter holds lines back
+while more messages wait, see Reporter.accumulator_lines) are saved as such: while lines are held back, saved
 accumulators are stamped with a line epoch above the one recorded as written (table meta); the save after which
 every line is written stamps its own with that epoch too and records it as written. `load_into` hands the
 accumulators of an epoch above the written one back to the book as unwritten, so that a restarted collector
@@ -36,7 +36,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from collector.accounting import Point
-from collector.book import ROLLUP_SCOPES, Accumulator, AccumulatorKey, EnergyBook
+from collector.book import Accumulator, AccumulatorKey, EnergyBook
 from collector.site import STREAM_SEPARATOR as _SEP
 
 # Accumulators are keyed bin first: a flush changes the current bin of thousands of racks, whose rows then sit side
@@ -143,9 +143,9 @@ class StateStore:
         """Drop accumulators older than these cut-offs (as EnergyBook.forget does in memory). Returns rows deleted.
         Points need no pruning: compaction drops those the book has forgotten."""
         before = self._db.total_changes
-        rollup = " OR ".join(f"scope LIKE '{scope}{_SEP}%'" for scope in ROLLUP_SCOPES)
-        self._db.execute(f"DELETE FROM accumulators WHERE ({rollup}) AND bin_ms < ?", (rack_bins_before_ms,))
-        self._db.execute(f"DELETE FROM accumulators WHERE NOT ({rollup}) AND bin_ms < ?", (site_bins_before_ms,))
+        self._db.execute(f"DELETE FROM accumulators WHERE scope LIKE 'rack{_SEP}%' AND bin_ms < ?", (rack_bins_before_ms,))
+        self._db.execute(f"DELETE FROM accumulators WHERE scope NOT LIKE 'rack{_SEP}%' AND bin_ms < ?",
+                         (site_bins_before_ms,))
         return self._db.total_changes - before
 
     def compact(self, book: EnergyBook) -> None:

@@ -36,10 +36,6 @@ def rack(start: int) -> tuple:
     return ("rack", "dc1", "hall-a", "r01", start)
 
 
-def room(start: int) -> tuple:
-    return ("room", "dc1", "hall-a", start)
-
-
 def hosts(start: int) -> tuple:
     return ("hosts", "dc1", start)
 
@@ -57,8 +53,6 @@ def rows(book: EnergyBook) -> dict[tuple, tuple[float, ...]]:
 
 
 def assert_rows(book: EnergyBook, expected: dict[tuple, tuple[float, ...]]) -> None:
-    """The rows expected; room hall-a holds only rack r01, so each rack row is its room's row too."""
-    expected = {**expected, **{room(key[-1]): row for key, row in expected.items() if key[0] == "rack"}}
     actual = rows(book)
     assert set(actual) == set(expected)
     for key, row in expected.items():
@@ -207,7 +201,7 @@ def test_the_first_point_of_a_session_counts_no_energy_but_its_utilisation():
     book = EnergyBook(INDEX)
     first = Point("s-h01-a", 0, T + 5 * MIN, 1_000_000.0)
     assert book.add_host_point(H01, first, Utilisation(cpu=1.0, gpu=1.0, seconds=600.0)) == "new"
-    assert [acc.energy_j for acc in book.accumulators.values()] == [0.0, 0.0, 0.0]  # rack, room, site hosts
+    assert [acc.energy_j for acc in book.accumulators.values()] == [0.0, 0.0]
     assert book.accumulators[rack(T)].cpu_util_weight == 600.0
     # a new point, remembered (and saved) so the next one can count against it
     assert book.take_new_points() == [(H01_STREAM, first)]
@@ -298,13 +292,12 @@ def test_take_dirty_returns_the_accumulators_changed_since_the_last_call():
     book = EnergyBook(INDEX)
     feed(book, [(H01, Point("s-h01-a", 0, T, 0.0)), (H01, Point("s-h01-a", 1, T + 10 * MIN, 300_000.0))])
     changed = book.take_dirty()
-    assert set(changed) == {rack(T), room(T), hosts(T)}
+    assert set(changed) == {rack(T), hosts(T)}
     assert changed[rack(T)] is book.accumulators[rack(T)]
     assert book.take_dirty() == {}
-    # 10-20 min touches bin T (5 min) and bin T+15 (5 min): all six keys change
+    # 10-20 min touches bin T (5 min) and bin T+15 (5 min): all four keys change
     feed(book, [(H01, Point("s-h01-a", 2, T + 20 * MIN, 600_000.0))])
-    assert set(book.take_dirty()) == {rack(T), room(T), hosts(T), rack(T + BIN_MS), room(T + BIN_MS),
-                                      hosts(T + BIN_MS)}
+    assert set(book.take_dirty()) == {rack(T), hosts(T), rack(T + BIN_MS), hosts(T + BIN_MS)}
     # 20-25 min: only bin T+15
     feed(book, [(UTILITY, Point("s-utility-a", 0, T, 0.0)), (UTILITY, Point("s-utility-a", 1, T + 5 * MIN, 1.0))])
     assert set(book.take_dirty()) == {meter("utility-1", T)}

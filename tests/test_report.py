@@ -254,6 +254,31 @@ def test_accumulator_lines_for_a_rack_its_room_and_a_meter():
     assert meter_fields == {"energy_kwh": pytest.approx(0.09), "coverage": pytest.approx(0.4)}  # 324 000 J, 6/15
 
 
+def test_a_room_line_sums_its_racks_in_the_bin_and_comes_with_any_of_their_lines():
+    config = yaml.safe_load(SITE_YAML)
+    config["sites"][0]["rooms"][0]["racks"].append({"id": "r02", "hosts": ["h03"]})
+    index = SiteIndex(SiteConfig.model_validate(config))
+    book = EnergyBook(index)
+    reporter = Reporter(index, book, {}, {"dc1": site_factors(DC1)})
+    h01, h03 = index.host("dc1", "hall-a", "r01", "h01"), index.host("dc1", "hall-a", "r02", "h03")
+    # h01: 0-15 min at 500 W = 450 000 J, cpu 0.5 x 900 s; h03: 0-5 min at 300 W = 90 000 J, cpu 0.2 x 300 s
+    book.add_host_point(h01, Point("s-h01", 0, T, 0.0), None)
+    book.add_host_point(h01, Point("s-h01", 1, T + BIN_MS, 450_000.0), Utilisation(cpu=0.5, gpu=None, seconds=900.0))
+    book.add_host_point(h03, Point("s-h03", 0, T, 0.0), None)
+    book.add_host_point(h03, Point("s-h03", 1, T + 5 * MIN, 90_000.0), Utilisation(cpu=0.2, gpu=None, seconds=300.0))
+    reporter.accumulator_lines(book.take_dirty())
+    # a later line of r02 alone brings the room line again, with r01's part in it
+    book.add_host_point(h03, Point("s-h03", 2, T + 10 * MIN, 180_000.0), Utilisation(cpu=0.2, gpu=None, seconds=300.0))
+    lines = [parse(text) for text in reporter.accumulator_lines(book.take_dirty())]
+    assert sorted((m, tags.get("rack")) for m, tags, _, _ in lines) == [("rack_energy", "r02"), ("room_energy", None)]
+    (room,) = [(tags, fields, ts) for m, tags, fields, ts in lines if m == "room_energy"]
+    assert room == ({"site": "dc1", "room": "hall-a"}, {
+        "energy_kwh": pytest.approx((450_000 + 180_000) / 3.6e6),  # 0.175 kWh
+        "host_coverage": pytest.approx((900_000 + 600_000) / (900_000 * 3)),  # 3 hosts expected in the room
+        "cpu_util": pytest.approx((0.5 * 900 + 0.2 * 600) / 1500),  # 0.38
+    }, T)
+
+
 def test_rack_host_coverage_is_capped_at_one():
     book = EnergyBook(INDEX)
     for host, session in ((H01, "a"), (H01, "b"), (H02, "a")):  # h01 twice at once: 3 x 900 000 ms over 2 hosts
@@ -291,7 +316,7 @@ def test_accumulator_lines_held_back_while_behind_come_later_with_the_latest_val
     assert len(r.accumulator_lines(book.take_dirty(), now_s=100.0, hold_s=10.0)) == 2  # rack and room: not held
     book.add_host_point(H01, Point("s-h01", 2, T + 10 * MIN, 300_000.0), None)
     assert r.accumulator_lines(book.take_dirty(), now_s=105.0, hold_s=10.0) == []  # 5 s after the last lines
-    assert r.holding and book.unwritten == {("rack", "dc1", "hall-a", "r01", T), ("room", "dc1", "hall-a", T)}
+    assert r.holding and book.unwritten == {("rack", "dc1", "hall-a", "r01", T)}  # its room comes with it
     book.add_meter_point(UTILITY, Point("s-utility", 0, T, 0.0))
     book.add_meter_point(UTILITY, Point("s-utility", 1, T + 6 * MIN, 324_000.0))
     assert r.accumulator_lines(book.take_dirty(), now_s=109.0, hold_s=10.0) == []

@@ -358,20 +358,6 @@ def test_forgetting_old_bins_in_memory_and_on_disk_agree(tmp_path):
     assert rows(again) == rows(book)
 
 
-def test_room_bins_are_forgotten_with_rack_bins_and_site_bins_later_in_memory_and_on_disk(tmp_path):
-    store = StateStore(tmp_path / "state.db")
-    book = busy_book(store)
-    cutoff = T + BIN_MS  # rack and room bins before the second bin go; every site bin stays
-    book.forget(sessions_before_ms=0, rack_bins_before_ms=cutoff, site_bins_before_ms=0)
-    store.prune(rack_bins_before_ms=cutoff, site_bins_before_ms=0)
-    store.close()
-    kinds_before_cutoff = {key[0] for key in book.accumulators if key[-1] < cutoff}
-    assert kinds_before_cutoff == {"hosts", "meter"}
-    assert {key[0] for key in book.accumulators if key[-1] >= cutoff} >= {"rack", "room"}
-    again, _ = restored(tmp_path / "state.db")
-    assert rows(again) == rows(book)
-
-
 # Rack and meter lines held back by the reporter (Reporter.accumulator_lines): saved as unwritten, so that a
 # collector killed before writing them writes them after its restart.
 

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 FIRST_RETRY_DELAY_S = 1.0
 MAX_RETRY_DELAY_S = 30.0
 REJECTION_LOG_INTERVAL_S = 60.0
+BACKLOG_LOG_INTERVAL_S = 60.0  # while InfluxDB stays unreachable, the backlog is logged this often
 _LINE_SHOWN = 200
 _BACKLOG_SAMPLE = 100
 
@@ -66,7 +67,7 @@ class SpooledOutput:
         self._once = Once()
         self._delay_s = 0.0
         self._retry_at = float("-inf")
-        self._next_rejection_log = float("-inf")
+        self._next_rejection_log = self._next_backlog_log = float("-inf")
         self._written_lines = self._failed_writes = self._rejected_batches = 0
         self._last_latency_s: float | None = None
         self._dropped_seen = spool.dropped
@@ -217,9 +218,15 @@ class SpooledOutput:
         self._delay_s = min(self._delay_s * 2, MAX_RETRY_DELAY_S) if self._delay_s else FIRST_RETRY_DELAY_S
         self._retry_at = self._clock() + self._delay_s
         if exc.retryable and self._once.first("unavailable"):
+            self._next_backlog_log = self._clock() + BACKLOG_LOG_INTERVAL_S
             event(log, logging.WARNING, "influxdb-unavailable", reason=str(exc), spool=self._spool.path,
                   backlog_batches=self._spool.depth,
                   action="check that InfluxDB is running and reachable; data is spooled and written when it is back")
+        elif exc.retryable and self._clock() >= self._next_backlog_log:
+            self._next_backlog_log = self._clock() + BACKLOG_LOG_INTERVAL_S
+            event(log, logging.WARNING, "influxdb-still-unavailable", reason=str(exc), target=self._writer.target,
+                  backlog_batches=self._spool.depth, free_batches=self.free_batches,
+                  action="bring InfluxDB back; the collector stops taking messages when the spool has no room left")
         elif not exc.retryable and self._once.first("refused"):
             event(log, logging.ERROR, "influxdb-refuses-writes", reason=str(exc), spool=self._spool.path,
                   backlog_batches=self._spool.depth,

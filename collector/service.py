@@ -438,6 +438,7 @@ class Collector:
             "alerts_active": len(self.alerting.active()),
             "backlog_batches": out.backlog_batches, "backlog_lines": out.backlog_lines,
             "written_lines": out.written_lines, "failed_writes": out.failed_writes,
+            "set_aside_batches": out.rejected_batches, "dropped_batches": out.dropped_batches,
             "write_latency_s": out.last_write_latency_s, "pending": len(self.pending),
             **{f"rejected_{reason.replace('-', '_')}": count for reason, count in self.ingest.rejected.items()},
         }

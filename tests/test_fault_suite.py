@@ -257,6 +257,7 @@ def test_nothing_is_lost_or_counted_twice_through_every_fault(tmp_path, capsys):
     rejected = {key.removeprefix("rejected_").replace("_", "-"): value for key, value in stats.items()
                 if key.startswith("rejected_") and value}
     assert rejected == dict(expected_rejections)
+    assert (stats["set_aside_batches"], stats["dropped_batches"]) == (0, 0)  # InfluxDB's outage cost no batch
     assert [getattr(code, "value", None) for code in codes] == [135] * len(intruding)  # not authorized
     assert not any("/h-other/" in m.topic for m in auditor.snapshot())
     figures = {

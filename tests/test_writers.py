@@ -247,7 +247,8 @@ def test_bad_batch_is_set_aside_and_the_backlog_goes_on(tmp_path, influxd, v1, c
     output.close()
 
 
-def test_back_off_doubles_from_1_s_to_30_s(tmp_path) -> None:
+def test_back_off_doubles_from_1_s_to_30_s_and_the_backlog_is_logged_once_a_minute(tmp_path, caplog) -> None:
+    caplog.set_level(logging.INFO)
     clock = Clock()
     writer = InfluxV1Writer(f"http://127.0.0.1:{free_port()}", DB, timeout_s=2)
     output = SpooledOutput(writer, Spool(tmp_path / "spool.db", 100), clock=clock)
@@ -260,6 +261,10 @@ def test_back_off_doubles_from_1_s_to_30_s(tmp_path) -> None:
         assert output.drain() == 0 and output.stats().failed_writes == failures + 1
         failed_at, failures = clock.now, failures + 1
     assert output.stats().backlog_batches == 1
+    # failures at 0, 1, 3, 7, 15, 31, 61 and 91 s: the first is logged, then the backlog once, at 61 s
+    assert len(logged(caplog, "influxdb-unavailable")) == 1
+    [still] = logged(caplog, "influxdb-still-unavailable")
+    assert (still.fields["backlog_batches"], still.fields["free_batches"]) == (1, 99)
     output.close()
 
 

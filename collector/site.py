@@ -31,7 +31,6 @@ SOURCES_FOR_ROLE = {
     MeterRole.ONSITE_GENERATION: (EnergySource.PV, EnergySource.WIND, EnergySource.DIESEL),
     MeterRole.FACILITY_INPUT: (EnergySource.GRID, EnergySource.GREEN_TRADED, EnergySource.MIXED),
 }
-FACILITY_ENERGY_ROLES = frozenset({MeterRole.FACILITY_INPUT, MeterRole.ONSITE_GENERATION})
 
 Key = tuple[str, str, str, str]
 
@@ -306,8 +305,9 @@ def _site_problems(site: Site, at: str, factors: FactorTable) -> Iterator[str]:
     room_ids = [room.id for room in site.rooms]
     for n, meter in enumerate(site.meters):
         yield from _meter_problems(meter, f"{at}.meters[{n}]", room_ids)
-    if site.require_facility_meter and not any(meter.role in FACILITY_ENERGY_ROLES for meter in site.meters):
-        yield f"{at}.meters: require_facility_meter is true but no meter has role facility-input or onsite-generation"
+    if site.require_facility_meter and not any(meter.role is MeterRole.FACILITY_INPUT for meter in site.meters):
+        yield (f"{at}.meters: require_facility_meter is true but no meter has role facility-input; the PUE needs "
+               "the energy entering the site (on-site generation alone is not enough, see docs/metrics.md)")
     try:
         grid_factor(site.grid_region, site.grid_factor_year, factors)
     except FactorError as exc:

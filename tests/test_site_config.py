@@ -191,9 +191,14 @@ def test_required_facility_meter_missing_is_an_error(tmp_path):
         load_site_config(site_file(tmp_path, site))
 
 
-def test_onsite_generation_alone_satisfies_required_facility_meter(tmp_path):
+def test_onsite_generation_alone_does_not_satisfy_required_facility_meter(tmp_path):
+    """A facility-complete bin needs a facility-input meter (docs/metrics.md): without one the site never gets a
+    PUE, which is what require_facility_meter is there to catch at load."""
     site = changed_site(set_path("require_facility_meter", True))
     site["meters"] = [meter for meter in site["meters"] if meter["role"] == "onsite-generation"]
+    with pytest.raises(SiteConfigError, match=r"sites\[0\]\.meters: .* no meter has role facility-input; the PUE"):
+        load_site_config(site_file(tmp_path, site))
+    site["meters"].append({"id": "utility-9", "role": "facility-input", "source": "grid"})
     assert load_site_config(site_file(tmp_path, site)).sites[0].require_facility_meter
 
 

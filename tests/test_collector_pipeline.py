@@ -90,6 +90,48 @@ def test_bad_messages_are_rejected_by_reason_and_dead_lettered(tmp_path, servers
     assert rows(db, "SELECT * FROM host") == []
 
 
+class FailingIngest:
+    """The collector's Ingest, raising for one topic: an error no validation foresaw (a bug)."""
+
+    def __init__(self, ingest, failing_topic: str):
+        self._ingest, self._failing_topic = ingest, failing_topic
+
+    def __getattr__(self, name: str):
+        return getattr(self._ingest, name)
+
+    def handle(self, topic: str, payload: bytes, now_ms: int, retained: bool = False):
+        if topic == self._failing_topic:
+            raise RuntimeError("injected failure")
+        return self._ingest.handle(topic, payload, now_ms, retained)
+
+
+def test_a_message_whose_handling_raises_is_dead_lettered_as_internal_error_and_the_rest_goes_on(tmp_path, servers,
+                                                                                               caplog):
+    broker, influx, db = servers
+    now = int(time.time() * 1000)
+    dead_letters: list[paho.MQTTMessage] = []
+    watcher = make_client(MqttConfig(host="127.0.0.1", port=broker.port), "dead-letter-watcher")
+    watcher.on_message = lambda c, u, m: dead_letters.append(m)
+    watcher.connect("127.0.0.1", broker.port)
+    watcher.subscribe("dcem/deadletter/#", qos=0)
+    watcher.loop_start()
+    running = RunningCollector(collector_config(tmp_path, broker, influx))
+    good, failing = (messages(host, f"session-{host.name}-1", now - 60_000, now - 60_000)[0] for host in DEVICES[:2])
+    running.collector.ingest = FailingIngest(running.collector.ingest, failing[0])
+    try:
+        publish_all(broker.port, [failing, good])
+        assert wait_for(lambda: len(dead_letters) == 1 and running.collector.stats["messages"] == 2)
+        assert wait_for(lambda: rows(db, "SELECT count(server_input_w) AS n FROM host") == [{"time": 0, "n": 1}])
+        assert running.thread.is_alive()
+    finally:
+        running.close()
+        watcher.loop_stop()
+    assert dict(running.collector.ingest.rejected) == {"internal-error": 1}
+    assert dead_letters[0].topic.endswith("/internal-error")
+    assert [r.fields["error"] for r in caplog.records if r.getMessage() == "message-not-handled"] == [
+        "RuntimeError('injected failure')"]
+
+
 def test_a_message_with_mqtt5_properties_takes_pahos_own_path_and_is_counted(tmp_path, servers):
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties

@@ -90,6 +90,34 @@ def test_bad_messages_are_rejected_by_reason_and_dead_lettered(tmp_path, servers
     assert rows(db, "SELECT * FROM host") == []
 
 
+def test_rejections_are_logged_once_per_reason_and_dead_letters_capped_per_second(tmp_path, servers, caplog):
+    broker, influx, _db = servers
+    now = int(time.time() * 1000)
+    dead_letters: list[paho.MQTTMessage] = []
+    watcher = make_client(MqttConfig(host="127.0.0.1", port=broker.port), "dead-letter-watcher")
+    watcher.on_message = lambda c, u, m: dead_letters.append(m)
+    watcher.connect("127.0.0.1", broker.port)
+    watcher.subscribe("dcem/deadletter/#", qos=0)
+    watcher.loop_start()
+    running = RunningCollector(collector_config(tmp_path, broker, influx, dead_letter_per_s=3))
+    topic, payload = messages(DEVICES[0], "session-flood-1", now - 60_000, now - 60_000)[0]
+    flood = [(topic, b"{not json")] * 40 + [(topic, payload.replace(b'"power_w":500.0', b'"power_w":NaN'))] * 10
+    began = time.monotonic()
+    try:
+        publish_all(broker.port, flood)
+        assert wait_for(lambda: running.collector.stats["messages"] == len(flood))
+        seconds = time.monotonic() - began
+        dropped = running.collector.stats["dead_letters_dropped"]
+        assert wait_for(lambda: len(dead_letters) + dropped == len(flood))
+    finally:
+        running.close()
+        watcher.loop_stop()
+    assert dict(running.collector.ingest.rejected) == {"malformed-json": 40, "not-finite": 10}
+    assert 3 <= len(dead_letters) <= 3 * (int(seconds) + 2)  # 3 a second, in the seconds the flood took
+    logged = [r.fields["reason"] for r in caplog.records if r.getMessage() == "message-rejected"]
+    assert sorted(logged) == ["malformed-json", "not-finite"]  # once per reason, not once per message
+
+
 class FailingIngest:
     """The collector's Ingest, raising for one topic: an error no validation foresaw (a bug)."""
 

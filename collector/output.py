@@ -146,7 +146,7 @@ class SpooledOutput:
             written_lines=self._written_lines,
             failed_writes=self._failed_writes,
             rejected_batches=self._rejected_batches,
-            dropped_batches=self._spool.dropped,
+            dropped_batches=self._spool.dropped + (self._rejected.dropped if self._rejected is not None else 0),
             last_write_latency_s=self._last_latency_s,
         )
 
@@ -196,10 +196,11 @@ class SpooledOutput:
         if self._spool.depth < self._spool.max_items:
             return
         dropped = self._spool.dropped
-        if dropped > self._dropped_seen and self._once.first("spool-full"):
-            event(log, logging.ERROR, "output-spool-full", spool=self._spool.path, max_batches=self._spool.max_items,
+        if dropped > self._dropped_seen and self._once.first("spool-dropped"):
+            event(log, logging.ERROR, "output-spool-dropped", spool=self._spool.path, max_batches=self._spool.max_items,
                   dropped_batches=dropped, target=self._writer.target,
-                  action="the oldest spooled batches are being dropped: bring InfluxDB back or enlarge the spool")
+                  action="submit() spooled past the bound and the oldest batches were dropped: bring InfluxDB back "
+                         "or enlarge the spool (enqueue refuses instead)")
         self._dropped_seen = dropped
 
     def _set_aside(self, lines: list[str], exc: WriteError) -> None:

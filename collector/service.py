@@ -276,10 +276,16 @@ class Collector:
         gc.freeze()  # what outlives a flush lives long (points, streams, accumulators): out of the collector's walks
 
     def write_held_lines(self) -> None:
-        """Write the rack and meter lines a flush held back while behind, then mark them written in the state
-        (a collector that caught up, went idle or is stopping does not keep them for the next message)."""
-        if self.reporter.holding and self.output.enqueue(self.reporter.accumulator_lines({})):
+        """Write the rack, room and meter lines a flush held back while behind, then mark them written in the state
+        (a collector that caught up, went idle or is stopping does not keep them for the next message). Lines the
+        spool refuses stay held, in memory and in the state."""
+        if not self.reporter.holding:
+            return
+        held = set(self.book.unwritten)
+        if self.output.enqueue(self.reporter.accumulator_lines({})):
             self.store.save([], {}, lines_written=True)
+        else:
+            self.book.unwritten |= held
 
     def evaluate_rules(self, now_ms: int) -> None:
         """Evaluate the sites' rules; store and publish (retained, QoS 1) every alert event."""
@@ -312,11 +318,12 @@ class Collector:
         event(log, logging.DEBUG, "state-pruned", memory_entries=dropped, rows=deleted)
 
     def shutdown(self) -> None:
-        if self.pending and self.output.free_batches >= BATCHES_PER_LOOP:  # else they wait at the broker
-            self.flush()
-        self.write_held_lines()
-        self.output.enqueue(self.reporter.site_lines(_now_ms()))
-        self.evaluate_rules(_now_ms())
+        if self.output.free_batches >= BATCHES_PER_LOOP:  # else all of it waits for the next start (see run)
+            if self.pending:
+                self.flush()
+            self.write_held_lines()
+            self.output.enqueue(self.reporter.site_lines(_now_ms()))
+            self.evaluate_rules(_now_ms())
         self.output.drain(max_batches=1000)
         self._pump_network(time.monotonic())
         self.client.disconnect()

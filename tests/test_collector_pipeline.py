@@ -211,6 +211,29 @@ def test_lines_held_while_behind_are_written_when_no_flush_comes(tmp_path, serve
     restarted.store.close()
 
 
+def test_held_lines_the_full_spool_refuses_stay_held_in_memory_and_in_the_state(tmp_path, servers):
+    broker, influx, _db = servers
+    config = collector_config(tmp_path, broker, influx)
+    config = config.model_copy(update={"state": config.state.model_copy(update={"output_spool_max_batches": 10})})
+    collector = Collector(config)  # not running: nothing drains the spool
+    now_ms = int(time.time() * 1000)
+    for topic, payload in half_hour_of_site_data(now_ms // HOUR_MS * HOUR_MS - 2 * HOUR_MS):
+        assert collector.ingest.handle(topic, payload, now_ms) is None
+    changed = collector.book.take_dirty()
+    collector.reporter.accumulator_lines({}, now_s=100.0, hold_s=10.0)
+    assert collector.reporter.accumulator_lines(changed, now_s=101.0, hold_s=10.0) == []  # held: behind
+    collector.store.save(collector.book.take_new_points(), changed, lines_written=False)
+    held = set(collector.book.unwritten)
+    assert held and all(collector.output.enqueue([f"filler v={i}i {i}"]) for i in range(10))
+    collector.write_held_lines()  # refused: the spool is full
+    assert collector.book.unwritten == held
+    collector.store.close()
+    restarted = Collector(config)
+    # the state still has them as unwritten (with the site's host totals of their epoch, which have no line)
+    assert {key for key in restarted.book.unwritten if key[0] != "hosts"} == held
+    restarted.store.close()
+
+
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 def test_handled_messages_are_acknowledged_so_a_restart_receives_none_again(tmp_path, servers, protocol):
     broker, influx, db = servers

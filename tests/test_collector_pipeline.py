@@ -9,7 +9,9 @@ grid 900 W, PV 300 W behind the utility meter. Per 15-minute bin (0.25 h):
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Iterator
 
 import paho.mqtt.client as paho
 import pytest
@@ -56,15 +58,27 @@ def test_stored_pue_cue_and_green_ratio_equal_the_hand_computed_ones(tmp_path, s
     assert stats[0]["rejected"] == 0
 
 
-def test_bad_messages_are_rejected_by_reason_and_dead_lettered(tmp_path, servers):
-    broker, influx, db = servers
-    now = int(time.time() * 1000)
-    dead_letters: list[paho.MQTTMessage] = []
-    watcher = make_client(MqttConfig(host="127.0.0.1", port=broker.port), "dead-letter-watcher")
-    watcher.on_message = lambda c, u, m: dead_letters.append(m)
-    watcher.connect("127.0.0.1", broker.port)
+@pytest.fixture
+def dead_letters(servers) -> Iterator[list[paho.MQTTMessage]]:
+    """The dead letters the collector republishes, as they arrive (subscribed before the test starts)."""
+    port = servers[0].port
+    received: list[paho.MQTTMessage] = []
+    subscribed = threading.Event()
+    watcher = make_client(MqttConfig(host="127.0.0.1", port=port), "dead-letter-watcher")
+    watcher.on_message = lambda c, u, m: received.append(m)
+    watcher.on_subscribe = lambda *_args: subscribed.set()
+    watcher.connect("127.0.0.1", port)
     watcher.subscribe("dcem/deadletter/#", qos=0)
     watcher.loop_start()
+    assert subscribed.wait(10)
+    yield received
+    watcher.loop_stop()
+    watcher.disconnect()
+
+
+def test_bad_messages_are_rejected_by_reason_and_dead_lettered(tmp_path, servers, dead_letters):
+    broker, influx, db = servers
+    now = int(time.time() * 1000)
     running = RunningCollector(collector_config(tmp_path, broker, influx))
     host = DEVICES[0]
     good_topic, good_payload = messages(host, "session-good-1", now - 60_000, now - 60_000)[0]
@@ -82,7 +96,6 @@ def test_bad_messages_are_rejected_by_reason_and_dead_lettered(tmp_path, servers
         assert wait_for(lambda: sum(running.collector.ingest.rejected.values()) == len(bad))
     finally:
         running.close()
-        watcher.loop_stop()
     assert dict(running.collector.ingest.rejected) == {
         "malformed-json": 1, "not-finite": 1, "absurd-power": 1, "unknown-site": 1, "unknown-device": 1,
         "future-timestamp": 1}
@@ -90,15 +103,9 @@ def test_bad_messages_are_rejected_by_reason_and_dead_lettered(tmp_path, servers
     assert rows(db, "SELECT * FROM host") == []
 
 
-def test_rejections_are_logged_once_per_reason_and_dead_letters_capped_per_second(tmp_path, servers, caplog):
+def test_rejections_are_logged_once_per_reason_and_dead_letters_capped_per_second(tmp_path, servers, dead_letters, caplog):
     broker, influx, _db = servers
     now = int(time.time() * 1000)
-    dead_letters: list[paho.MQTTMessage] = []
-    watcher = make_client(MqttConfig(host="127.0.0.1", port=broker.port), "dead-letter-watcher")
-    watcher.on_message = lambda c, u, m: dead_letters.append(m)
-    watcher.connect("127.0.0.1", broker.port)
-    watcher.subscribe("dcem/deadletter/#", qos=0)
-    watcher.loop_start()
     running = RunningCollector(collector_config(tmp_path, broker, influx, dead_letter_per_s=3))
     topic, payload = messages(DEVICES[0], "session-flood-1", now - 60_000, now - 60_000)[0]
     flood = [(topic, b"{not json")] * 40 + [(topic, payload.replace(b'"power_w":500.0', b'"power_w":NaN'))] * 10
@@ -111,7 +118,6 @@ def test_rejections_are_logged_once_per_reason_and_dead_letters_capped_per_secon
         assert wait_for(lambda: len(dead_letters) + dropped == len(flood))
     finally:
         running.close()
-        watcher.loop_stop()
     assert dict(running.collector.ingest.rejected) == {"malformed-json": 40, "not-finite": 10}
     assert 3 <= len(dead_letters) <= 3 * (int(seconds) + 2)  # 3 a second, in the seconds the flood took
     logged = [r.fields["reason"] for r in caplog.records if r.getMessage() == "message-rejected"]
@@ -134,15 +140,9 @@ class FailingIngest:
 
 
 def test_a_message_whose_handling_raises_is_dead_lettered_as_internal_error_and_the_rest_goes_on(tmp_path, servers,
-                                                                                               caplog):
+                                                                                               dead_letters, caplog):
     broker, influx, db = servers
     now = int(time.time() * 1000)
-    dead_letters: list[paho.MQTTMessage] = []
-    watcher = make_client(MqttConfig(host="127.0.0.1", port=broker.port), "dead-letter-watcher")
-    watcher.on_message = lambda c, u, m: dead_letters.append(m)
-    watcher.connect("127.0.0.1", broker.port)
-    watcher.subscribe("dcem/deadletter/#", qos=0)
-    watcher.loop_start()
     running = RunningCollector(collector_config(tmp_path, broker, influx))
     good, failing = (messages(host, f"session-{host.name}-1", now - 60_000, now - 60_000)[0] for host in DEVICES[:2])
     running.collector.ingest = FailingIngest(running.collector.ingest, failing[0])
@@ -153,7 +153,6 @@ def test_a_message_whose_handling_raises_is_dead_lettered_as_internal_error_and_
         assert running.thread.is_alive()
     finally:
         running.close()
-        watcher.loop_stop()
     assert dict(running.collector.ingest.rejected) == {"internal-error": 1}
     assert dead_letters[0].topic.endswith("/internal-error")
     assert [r.fields["error"] for r in caplog.records if r.getMessage() == "message-not-handled"] == [

@@ -185,11 +185,9 @@ def test_a_message_with_mqtt5_properties_takes_pahos_own_path_and_is_counted(tmp
 
 
 
-def test_lines_held_while_behind_are_written_when_no_flush_comes(tmp_path, servers):
-    """A burst ends on a flush that held its rack and meter lines back: the next metrics round (or the stop)
-    writes them and marks them written, without waiting for another message."""
-    broker, influx, db = servers
-    collector = Collector(collector_config(tmp_path, broker, influx))
+def hold_back_half_an_hour(collector: Collector) -> dict:
+    """Account half an hour of the site in a flush that held its rack and meter lines back (the collector was
+    behind), saved as unwritten; returns the accumulators it changed."""
     now_ms = int(time.time() * 1000)
     for topic, payload in half_hour_of_site_data(now_ms // HOUR_MS * HOUR_MS - 2 * HOUR_MS):
         assert collector.ingest.handle(topic, payload, now_ms) is None
@@ -197,6 +195,15 @@ def test_lines_held_while_behind_are_written_when_no_flush_comes(tmp_path, serve
     collector.reporter.accumulator_lines({}, now_s=100.0, hold_s=10.0)  # lines were written just now
     assert collector.reporter.accumulator_lines(changed, now_s=101.0, hold_s=10.0) == []  # held: behind
     collector.store.save(collector.book.take_new_points(), changed, lines_written=False)
+    return changed
+
+
+def test_lines_held_while_behind_are_written_when_no_flush_comes(tmp_path, servers):
+    """A burst ends on a flush that held its rack and meter lines back: the next metrics round (or the stop)
+    writes them and marks them written, without waiting for another message."""
+    broker, influx, db = servers
+    collector = Collector(collector_config(tmp_path, broker, influx))
+    changed = hold_back_half_an_hour(collector)
     collector.write_held_lines()
     assert not collector.reporter.holding
     queued = b"\n".join(body for _, body in collector.output._spool.peek(100)).decode().splitlines()
@@ -215,13 +222,7 @@ def test_held_lines_the_full_spool_refuses_stay_held_in_memory_and_in_the_state(
     config = collector_config(tmp_path, broker, influx)
     config = config.model_copy(update={"state": config.state.model_copy(update={"output_spool_max_batches": 10})})
     collector = Collector(config)  # not running: nothing drains the spool
-    now_ms = int(time.time() * 1000)
-    for topic, payload in half_hour_of_site_data(now_ms // HOUR_MS * HOUR_MS - 2 * HOUR_MS):
-        assert collector.ingest.handle(topic, payload, now_ms) is None
-    changed = collector.book.take_dirty()
-    collector.reporter.accumulator_lines({}, now_s=100.0, hold_s=10.0)
-    assert collector.reporter.accumulator_lines(changed, now_s=101.0, hold_s=10.0) == []  # held: behind
-    collector.store.save(collector.book.take_new_points(), changed, lines_written=False)
+    hold_back_half_an_hour(collector)
     held = set(collector.book.unwritten)
     assert held and all(collector.output.enqueue([f"filler v={i}i {i}"]) for i in range(10))
     collector.write_held_lines()  # refused: the spool is full
